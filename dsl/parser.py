@@ -1,0 +1,316 @@
+"""Text to Lark tree, with syntax errors turned into diagnostics.
+
+In: a file name and its bytes or text. Out: a lark.Tree (for dsl.build) or a DiagnosticError
+whose diagnostics say, in a researcher's words, what was expected where.
+The grammar (populace.lark) is LALR; the post-lexer makes newlines significant outside brackets.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import replace
+from importlib import resources
+
+from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.lark import PostLex
+
+from .diagnostics import Diagnostic, did_you_mean
+from .nodes import Span
+
+MAX_NESTING = 200  # brackets deeper than this are a mistake, and would exhaust Python's stack later
+MAX_ERRORS = 20
+
+_OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
+_CLOSE = {"RPAR", "RSQB"}
+
+DECL_KEYWORDS = ("scenario", "import", "model", "persona", "agent", "population", "group",
+                 "environment", "workflow")
+STMT_KEYWORDS = ("repeat", "for", "if", "stop", "break", "ask", "tell", "broadcast", "let", "record")
+
+
+class NewlinePostLexer(PostLex):
+    """Drop newlines inside ( ) and [ ], collapse runs of them, join continuation lines.
+
+    `all_newlines` drops every newline: used for `{{ expressions }}` inside templates.
+    """
+
+    always_accept = ("_NL",)
+
+    def __init__(self, all_newlines: bool = False):
+        self.all_newlines = all_newlines
+
+    def process(self, stream):
+        depth = 0
+        last_was_newline = True  # a newline at the very start separates nothing
+        for tok in stream:
+            if tok.type == "_NL":
+                if depth == 0 and not self.all_newlines and not last_was_newline:
+                    last_was_newline = True
+                    yield tok
+                continue
+            if tok.type in _OPEN:
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise NestingTooDeep(tok)
+            elif tok.type in _CLOSE and depth > 0:
+                depth -= 1
+            last_was_newline = False
+            yield tok
+
+
+class NestingTooDeep(Exception):
+    def __init__(self, token):
+        super().__init__("nesting too deep")
+        self.token = token
+
+
+@functools.cache
+def _grammar_text() -> str:
+    return resources.files(__package__).joinpath("populace.lark").read_text(encoding="utf-8")
+
+
+@functools.cache
+def lark_parser(start: str = "start") -> Lark:
+    # cache=True: the grammar analysis is stored on disk (~0.46 s -> ~0.004 s per process).
+    return Lark(
+        _grammar_text(),
+        parser="lalr",
+        lexer="contextual",
+        start=start,
+        propagate_positions=True,
+        maybe_placeholders=True,
+        postlex=NewlinePostLexer(all_newlines=(start == "expr")),
+        cache=True,
+    )
+
+
+# ----------------------------------------------------------------- error wording
+_TOKEN_WORDS = {
+    "NAME": "a name",
+    "INT": "a whole number",
+    "FLOAT": "a number",
+    "PERCENT": "a percentage",
+    "DURATION": "a duration",
+    "STRING": "a string",
+    "LONG_STRING": 'a """triple-quoted""" string',
+    "_NL": "the end of the line",
+    "$END": "the end of the file",
+    "COMP_OP": "a comparison",
+    "ASSIGN_OP": "`+=`, `-=`, `*=` or `/=`",
+    "TRUE": "`true`",
+    "FALSE": "`false`",
+    "NONE": "`none`",
+}
+
+
+def _words_for(term_names, parser: Lark) -> list[str]:
+    patterns = {t.name: t.pattern for t in parser.terminals}
+    words = set()
+    for name in term_names:
+        if name in _TOKEN_WORDS:
+            words.add(_TOKEN_WORDS[name])
+        elif name in patterns and patterns[name].type == "str":
+            words.add(f"`{patterns[name].value}`")
+        else:
+            words.add(name.lower())
+    return sorted(words, key=lambda w: (not w.startswith("`"), w))
+
+
+def _describe_expected(expected, parser: Lark) -> str:
+    words = _words_for(expected, parser)
+    # Expression starters flood the list; say it in one word.
+    expression_starts = {"a name", "a whole number", "a string", "`(`", "`[`", "`-`", "`not`"}
+    if len(expression_starts & set(words)) >= 5:
+        words = [w for w in words if w not in expression_starts | {"a number", "a percentage", "a duration",
+                                                                    'a """triple-quoted""" string', "`true`",
+                                                                    "`false`", "`none`", "`{`"}]
+        words.insert(0, "an expression")
+    if len(words) > 8:
+        words = words[:8] + ["..."]
+    if len(words) == 1:
+        return words[0]
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _token_text(tok: Token) -> str:
+    if tok.type == "_NL":
+        return "end of line"
+    if tok.type == "$END":
+        return "end of file"
+    text = str(tok)
+    if len(text) > 30:
+        text = text[:27] + "..."
+    return f"`{text}`"
+
+
+def _span_of_token(file: str, tok: Token) -> Span:
+    line = tok.line or 1
+    col = tok.column or 1
+    end_line = getattr(tok, "end_line", None) or line
+    end_col = getattr(tok, "end_column", None) or col + max(1, len(str(tok)))
+    if tok.type == "_NL" or end_line != line:
+        end_line, end_col = line, col + 1
+    return Span(file=file, line=line, column=col, end_line=end_line, end_column=end_col)
+
+
+def _point(file: str, line: int, col: int, width: int = 1) -> Span:
+    return Span(file=file, line=line, column=col, end_line=line, end_column=col + width)
+
+
+_KEYWORDS = DECL_KEYWORDS + STMT_KEYWORDS + ("param", "memory", "state", "extends", "reuse", "per", "where",
+                                             "using", "from", "when", "as", "in", "else", "last", "to", "by")
+
+
+def diagnose_unexpected(e: UnexpectedInput, file: str, text: str, parser: Lark, open_braces: list) -> Diagnostic:
+    """Turn one Lark error into a diagnostic with words, a span and a hint; the specific cases first."""
+    if isinstance(e, UnexpectedCharacters):
+        return _bad_character(e, file, text)
+    tok = getattr(e, "token", None)
+    if isinstance(e, UnexpectedEOF) or tok is None or tok.type == "$END":
+        if open_braces:
+            brace = open_braces[-1]
+            return Diagnostic(code="E0005", message="unexpected end of file: a `{` is never closed",
+                              span=_span_of_token(file, brace), label="this `{` has no matching `}`",
+                              hint="add `}` where the block ends")
+        lines = text.rstrip("\n").split("\n")
+        span = _point(file, len(lines), len(lines[-1]) + 1)
+        expected = set(getattr(e, "expected", None) or ())
+        return Diagnostic(code="E0005", message="unexpected end of file", span=span,
+                          label=f"expected {_describe_expected(expected, parser)}" if expected else "",
+                          hint="the last declaration or statement is incomplete")
+    span = _span_of_token(file, tok)
+    expected = set(e.accepts or e.expected)
+    want = _describe_expected(expected, parser)
+    found = _token_text(tok)
+    line_text = text[text.rfind("\n", 0, tok.start_pos or 0) + 1:]
+    starts_decl = _DECL_START.match(line_text) is not None
+    if open_braces and starts_decl and open_braces[-1].line < tok.line:
+        brace = open_braces[-1]
+        return Diagnostic(code="E0017", message=f"missing `}}`: the block opened on line {brace.line} is not closed",
+                          span=_span_of_token(file, brace), label="this `{` is still open",
+                          hint=f"add `}}` before line {tok.line}, where a new declaration starts")
+    if tok.type in ("RBRACE", "RPAR", "RSQB") and tok.type not in expected:
+        return Diagnostic(code="E0006", message=f"unmatched {found}", span=span, label="nothing open to close here",
+                          hint=f"remove it, or close what is open first (expected {want})")
+    if "ARROW" in expected and tok.type in ("_NL", "RBRACE"):
+        return Diagnostic(code="E0008", message="an `ask` needs an output type", span=span,
+                          label="expected `->` after the prompt",
+                          hint="say what the reply is, e.g. `-> guess: int in 0..100` or `-> answer: str`")
+    if tok.type == "EQUAL" and "COMP_OP" in expected:
+        return Diagnostic(code="E0020", message="`=` assigns; a condition compares", span=span,
+                          label="assignment inside a condition", hint="use `==` to compare")
+    if tok.type == "NAME" and _at_line_start(text, tok):
+        hint = did_you_mean(str(tok), _KEYWORDS)
+        if hint:
+            return Diagnostic(code="E0007", message=f"unknown keyword {found}", span=span,
+                              label=f"expected {want}", hint=hint)
+    if tok.type in ("STRING", "LONG_STRING") and tok.type not in expected and "NAME" in expected:
+        return Diagnostic(code="E0004", message=f"unexpected string {found}", span=span, label=f"expected {want}",
+                          hint="names are written without quotes")
+    hint = ""
+    if tok.type == "_NL":
+        hint = "the line ends before this is complete; an expression may wrap only inside ( ) or [ ]"
+    elif "_NL" in expected:
+        hint = "one item per line: start a new line before this"
+    return Diagnostic(code="E0004", message=f"unexpected {found}", span=span, label=f"expected {want}", hint=hint)
+
+
+def _bad_character(e: UnexpectedCharacters, file: str, text: str) -> Diagnostic:
+    ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
+    span = _point(file, e.line, e.column)
+    if ch == '"':
+        if text.startswith('"""', e.pos_in_stream):
+            return Diagnostic(code="E0003", message="unclosed triple-quoted string", span=span,
+                              label='this """ is never closed', hint='end the text with """ (three double quotes)')
+        return Diagnostic(code="E0002", message="unclosed string", span=span,
+                          label="no closing quote on this line",
+                          hint='close it with `"`, or use """triple quotes""" for text over several lines')
+    if ch == "'":
+        return Diagnostic(code="E0001", message="strings use double quotes", span=span, label="single quote",
+                          hint='write "text" instead of \'text\'')
+    if ch.isprintable() and not ch.isspace():
+        return Diagnostic(code="E0001", message=f"unexpected character `{ch}`", span=span,
+                          label="not part of the language", hint="remove it, or put it inside a string")
+    return Diagnostic(code="E0001", message=f"unexpected character {ch!r}", span=span, label="control character",
+                      hint="the file may hold binary data or a stray control character")
+
+
+def _at_line_start(text: str, tok: Token) -> bool:
+    pos = tok.start_pos or 0
+    line_start = text.rfind("\n", 0, pos) + 1
+    return text[line_start:pos].strip() == ""
+
+
+_DECL_START = re.compile(r"^(?:%s)\b" % "|".join(DECL_KEYWORDS), re.MULTILINE)
+
+
+def parse_text(text: str, file: str, start: str = "start"):
+    """Parse `text`; return (tree or None, diagnostics). Never raises on bad input.
+
+    After an error the parser resumes at the next line that begins (in column 1) with a
+    declaration keyword, so each broken declaration gives one error instead of a cascade.
+    """
+    parser = lark_parser(start)
+    diagnostics: list[Diagnostic] = []
+    offset_line, fragment = 0, text
+    tree = None
+    while True:
+        tree, error = _parse_once(parser, fragment, file, start)
+        if error is None:
+            break
+        diagnostics.append(_shift(error, offset_line))
+        if start != "start" or len(diagnostics) >= MAX_ERRORS:
+            break
+        # Resume at the next declaration after the error line.
+        error_line = error.span.line
+        lines_before = fragment.split("\n", error_line)
+        if len(lines_before) <= error_line:
+            break
+        rest = lines_before[-1]
+        m = _DECL_START.search(rest)
+        if m is None:
+            break
+        skipped = rest[: m.start()].count("\n")
+        offset_line += error_line + skipped
+        fragment = rest[m.start():]
+    return (tree if not diagnostics else None), diagnostics
+
+
+def _shift(d: Diagnostic, lines: int) -> Diagnostic:
+    if not lines:
+        return d
+    s = d.span
+    return replace(d, span=Span(file=s.file, line=s.line + lines, column=s.column,
+                                end_line=s.end_line + lines, end_column=s.end_column))
+
+
+def _parse_once(parser: Lark, text: str, file: str, start: str):
+    try:
+        return parser.parse(text), None
+    except NestingTooDeep as e:
+        return None, Diagnostic(code="E0013", message="brackets nested too deeply", span=_span_of_token(file, e.token),
+                                label=f"more than {MAX_NESTING} levels", hint="simplify the expression")
+    except UnexpectedInput as e:
+        return None, diagnose_unexpected(e, file, text, parser, _braces_before(text, parser, e))
+    except RecursionError:
+        return None, Diagnostic(code="E0013", message="the file is nested too deeply to parse",
+                                span=_point(file, 1, 1), hint="simplify the nesting")
+
+
+def _braces_before(text: str, parser: Lark, e: UnexpectedInput) -> list:
+    """The `{` tokens still open before the error (for 'never closed' messages)."""
+    if isinstance(e, UnexpectedCharacters):
+        return []
+    stop = e.token.start_pos if isinstance(e, UnexpectedToken) and e.token.start_pos is not None else len(text)
+    stack: list[Token] = []
+    try:
+        for tok in parser.lex(text):
+            if tok.start_pos is not None and tok.start_pos >= stop:
+                break
+            if tok.type == "LBRACE":
+                stack.append(tok)
+            elif tok.type == "RBRACE" and stack:
+                stack.pop()
+    except (UnexpectedInput, NestingTooDeep):
+        return stack
+    return stack

@@ -1,0 +1,119 @@
+"""The `populace` command line: check, fmt, compile, explain, run and friends.
+
+In: argv. Out: text on stdout/stderr and an exit code (0 fine, 1 diagnostics or a failed run,
+2 bad usage). Diagnostics are printed for people (or JSON with --format json), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from populace.dsl.diagnostics import DiagnosticError, render_all, to_json
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a param declared in the scenario block (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="populace", description="Large-scale LLM agent simulations from scenario files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="report every error in scenario files without running them")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    _add_set(p)
+
+    p = sub.add_parser("fmt", help="print scenario files in canonical form")
+    p.add_argument("files", nargs="+")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="rewrite the files in place")
+    mode.add_argument("--check", action="store_true", help="exit 1 if a file is not in canonical form")
+
+    p = sub.add_parser("compile", help="compile a scenario into a plan (JSON)")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", help="write the plan here instead of stdout")
+    _add_set(p)
+
+    p = sub.add_parser("explain", help="show the plan for people: steps, calls, tokens and cost")
+    p.add_argument("file")
+    _add_set(p)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except DiagnosticError as e:
+        print(e.render(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_check(args) -> int:
+    from populace.dsl import load_program
+
+    all_diagnostics, sources = [], {}
+    for file in args.files:
+        try:
+            program = load_program(file)
+            sources.update(program.sources)
+            all_diagnostics.extend(_compile_diagnostics(program, args.overrides))
+        except DiagnosticError as e:
+            all_diagnostics.extend(e.diagnostics)
+            sources.update(e.sources)
+    errors = [d for d in all_diagnostics if d.severity == "error"]
+    if args.format == "json":
+        print(to_json(all_diagnostics))
+    elif all_diagnostics:
+        print(render_all(all_diagnostics, sources), file=sys.stderr if errors else sys.stdout)
+    if not errors and args.format == "text":
+        names = ", ".join(args.files)
+        print(f"ok: {names}")
+    return 1 if errors else 0
+
+
+def _compile_diagnostics(program, overrides) -> list:
+    """Run every compiler pass; return its warnings (errors arrive as DiagnosticError)."""
+    try:
+        from populace.compiler import compile_program
+    except ImportError:  # the compiler is optional only while the package is being built up
+        return []
+    return compile_program(program, overrides=overrides).warnings
+
+
+def cmd_fmt(args) -> int:
+    from populace.dsl import load_program
+    from populace.dsl.format import format_source
+
+    status = 0
+    for file in args.files:
+        with open(file, "rb") as f:
+            original = f.read().decode("utf-8", errors="replace")
+        load_program(file)  # refuse to format a file with errors: diagnostics, exit 1
+        formatted = format_source(original, file)
+        if args.check:
+            if formatted != original:
+                print(f"would reformat {file}", file=sys.stderr)
+                status = 1
+        elif args.write:
+            if formatted != original:
+                with open(file, "w", encoding="utf-8") as f:
+                    f.write(formatted)
+                print(f"reformatted {file}")
+        else:
+            sys.stdout.write(formatted)
+    return status
+
+
+COMMANDS = {"check": cmd_check, "fmt": cmd_fmt}
+
+if __name__ == "__main__":
+    sys.exit(main())
