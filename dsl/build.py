@@ -28,6 +28,27 @@ def _number(text: str) -> str:
     return text.replace("_", "")
 
 
+_SPELLINGS = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r", "\0": "\\0"}
+
+
+def escape_text(text: str, following: str = "") -> str:
+    """Spell text for inside double quotes: the inverse of _ESCAPES.
+
+    `following` is the character printed right after the text: a `{` before another `{`
+    would open an interpolation, so it is written `\\{`.
+    """
+    out = []
+    for i, ch in enumerate(text):
+        nxt = text[i + 1] if i + 1 < len(text) else following
+        out.append("\\{" if ch == "{" and nxt == "{" else _SPELLINGS.get(ch, ch))
+    return "".join(out)
+
+
+def quote_string(value: str) -> str:
+    """The canonical spelling of a plain string, as `populace fmt` prints it."""
+    return '"' + escape_text(value) + '"'
+
+
 @v_args(meta=True)
 class _Builder(Transformer):
     """Bottom-up: every method returns a node (or a small tuple the parent unpacks)."""
@@ -109,7 +130,8 @@ class _Builder(Transformer):
             return key
         tok: Token = key
         if tok.type == "STRING":
-            return str(tok), self.plain_string(tok)
+            value = self.plain_string(tok)
+            return quote_string(value), value
         if tok.type == "TRUE":
             return "true", True
         if tok.type == "FALSE":
@@ -446,7 +468,10 @@ class _Builder(Transformer):
         if long:
             parts = _dedent_parts(parts)
         if allow_plain and all(isinstance(p, str) for p in parts):
-            return n.Literal(value="".join(parts), kind="str", text=raw, span=span)
+            # The canonical spelling, not the raw text: however a string was quoted or escaped,
+            # equal strings give equal trees (the formatter's round trip relies on it).
+            value = "".join(parts)
+            return n.Literal(value=value, kind="str", text=quote_string(value), span=span)
         return n.Template(parts=tuple(parts), long=long, span=span)
 
     def sub_expression(self, source: str, line: int, col: int) -> n.Expr:

@@ -88,8 +88,10 @@ def load_program(path: str, text: str | None = None) -> Program:
                     data = f.read()
             except OSError as e:
                 span = via.span if via is not None else _point(shown)
+                where = "imports are relative to the importing file" if via is not None else \
+                    "it is relative to the current directory"
                 reporter.error("E0015", span, f"cannot read `{shown}`", label=getattr(e, "strerror", None) or str(e),
-                               hint="check the path; imports are relative to the importing file")
+                               hint=f"check the path; {where}")
                 return
             text, diagnostics = decode_source(data, shown)
             if text is None:

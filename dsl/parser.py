@@ -107,7 +107,9 @@ def _words_for(term_names, parser: Lark) -> list[str]:
     patterns = {t.name: t.pattern for t in parser.terminals}
     words = set()
     for name in term_names:
-        if name in _TOKEN_WORDS:
+        if name.startswith("a "):  # already in words (see _describe_expected)
+            words.add(name)
+        elif name in _TOKEN_WORDS:
             words.add(_TOKEN_WORDS[name])
         elif name in patterns and patterns[name].type == "str":
             words.add(f"`{patterns[name].value}`")
@@ -116,7 +118,19 @@ def _words_for(term_names, parser: Lark) -> list[str]:
     return sorted(words, key=lambda w: (not w.startswith("`"), w))
 
 
+_OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "PERCENT_OP", "POW", "COMP_OP", "AND", "OR", "IN", "NOT",
+              "DOT", "LPAR", "LSQB", "IF"}
+
+
 def _describe_expected(expected, parser: Lark) -> str:
+    expected = set(expected)
+    # After a complete expression every operator may follow; say so in two words, not fifteen.
+    if len(expected & _OPERATORS) >= 5:
+        expected = (expected - _OPERATORS) | {"an operator"}
+    # At the top level every declaration keyword may follow: one word again.
+    decl_terminals = {name.upper() for name in DECL_KEYWORDS}
+    if len(expected & decl_terminals) >= 5:
+        expected = (expected - decl_terminals) | {"a declaration"}
     words = _words_for(expected, parser)
     # Expression starters flood the list; say it in one word.
     expression_starts = {"a name", "a whole number", "a string", "`(`", "`[`", "`-`", "`not`"}
@@ -204,6 +218,13 @@ def diagnose_unexpected(e: UnexpectedInput, file: str, text: str, parser: Lark, 
         if hint:
             return Diagnostic(code="E0007", message=f"unknown keyword {found}", span=span,
                               label=f"expected {want}", hint=hint)
+    misspelt = _misspelt_keyword_before(text, tok)
+    if misspelt is not None:
+        word, start = misspelt
+        line_start = text.rfind("\n", 0, start) + 1
+        return Diagnostic(code="E0007", message=f"unknown keyword `{word}`",
+                          span=_point(file, tok.line, start - line_start + 1, len(word)),
+                          label="not a keyword", hint=did_you_mean(word, _LINE_KEYWORDS))
     if tok.type in ("STRING", "LONG_STRING") and tok.type not in expected and "NAME" in expected:
         return Diagnostic(code="E0004", message=f"unexpected string {found}", span=span, label=f"expected {want}",
                           hint="names are written without quotes")
@@ -219,7 +240,10 @@ def _bad_character(e: UnexpectedCharacters, file: str, text: str) -> Diagnostic:
     ch = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
     span = _point(file, e.line, e.column)
     if ch == '"':
-        if text.startswith('"""', e.pos_in_stream):
+        # `"""` with no end lexes as an empty string `""` and then a lone `"`: point at the first quote.
+        if text.startswith('"""', e.pos_in_stream) or text[max(0, e.pos_in_stream - 2):e.pos_in_stream + 1] == '"""':
+            if not text.startswith('"""', e.pos_in_stream):
+                span = _point(file, e.line, e.column - 2, 3)
             return Diagnostic(code="E0003", message="unclosed triple-quoted string", span=span,
                               label='this """ is never closed', hint='end the text with """ (three double quotes)')
         return Diagnostic(code="E0002", message="unclosed string", span=span,
@@ -233,6 +257,22 @@ def _bad_character(e: UnexpectedCharacters, file: str, text: str) -> Diagnostic:
                           label="not part of the language", hint="remove it, or put it inside a string")
     return Diagnostic(code="E0001", message=f"unexpected character {ch!r}", span=span, label="control character",
                       hint="the file may hold binary data or a stray control character")
+
+
+_LINE_KEYWORDS = DECL_KEYWORDS + STMT_KEYWORDS + ("param", "memory", "state")
+
+
+def _misspelt_keyword_before(text: str, tok: Token):
+    """(word, offset) if the error follows a lone word that opens its line and looks like a keyword.
+
+    `reapeat 3 {` parses `reapeat` as a name, so the error lands on `3`; the typo is the word before.
+    """
+    pos = tok.start_pos or 0
+    line_start = text.rfind("\n", 0, pos) + 1
+    m = re.fullmatch(r"[ \t]*([A-Za-z_][A-Za-z0-9_]*)[ \t]+", text[line_start:pos])
+    if m is None or m.group(1) in _KEYWORDS or not did_you_mean(m.group(1), _LINE_KEYWORDS):
+        return None
+    return m.group(1), line_start + m.start(1)
 
 
 def _at_line_start(text: str, tok: Token) -> bool:

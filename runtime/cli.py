@@ -113,7 +113,41 @@ def cmd_fmt(args) -> int:
     return status
 
 
-COMMANDS = {"check": cmd_check, "fmt": cmd_fmt}
+def cmd_compile(args) -> int:
+    from populace.compiler import compile_file
+
+    compiled = compile_file(args.file, args.overrides)
+    _print_warnings(compiled)
+    if args.output:
+        _write_atomic(args.output, compiled.data + b"\n")
+        print(f"plan {compiled.plan_hash[:12]} written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(json.dumps(compiled.plan, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _print_warnings(compiled) -> None:
+    if compiled.warnings:
+        print(render_all(compiled.warnings, compiled.sources), file=sys.stderr)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    import os
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+COMMANDS = {"check": cmd_check, "fmt": cmd_fmt, "compile": cmd_compile}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,198 @@
+"""The execution plan: its version, canonical bytes, schema validation, and the typed model.
+
+In: a plan dict (from the compiler) or plan JSON bytes (from a file). Out: canonical bytes with a
+sha256 `plan_hash`, or a Plan (frozen dataclasses) for the runtime, or a PlanError naming the
+JSON path of the first problem. The runtime imports this module, never the syntax tree.
+Compatibility: see docs/plan-format.md. A plan of a newer major version is refused, naming both.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+import jsonschema
+import referencing
+
+PLAN_VERSION = "1.0"
+SUPPORTED_MAJOR = 1
+
+
+class PlanError(Exception):
+    """A plan that cannot be used: bad JSON, a version we do not read, or a schema violation."""
+
+    def __init__(self, message: str, path: str = "$"):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.message = message
+        self.path = path
+
+    def __reduce__(self):
+        return (PlanError, (self.message, self.path))
+
+
+def canonical_bytes(plan: dict) -> bytes:
+    """Sorted keys, no spaces, UTF-8: the same plan always gives the same bytes (and hash)."""
+    return json.dumps(plan, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def plan_hash(plan: dict) -> str:
+    body = {k: v for k, v in plan.items() if k != "plan_hash"}
+    return hashlib.sha256(canonical_bytes(body)).hexdigest()
+
+
+@functools.cache
+def schema() -> dict:
+    return json.loads(resources.files(__package__).joinpath("schemas/plan.v1.json").read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    registry = referencing.Registry().with_resource(schema()["$id"], referencing.Resource.from_contents(schema()))
+    return jsonschema.Draft202012Validator(schema(), registry=registry,
+                                           format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+def schema_errors(plan) -> list[PlanError]:
+    """Every schema violation, sorted by JSON path."""
+    errors = []
+    for err in _validator().iter_errors(plan):
+        errors.append(PlanError(err.message if len(err.message) < 300 else err.message[:297] + "...", err.json_path))
+    return sorted(errors, key=lambda e: e.path)
+
+
+def validate_plan(plan) -> None:
+    errors = schema_errors(plan)
+    if errors:
+        raise errors[0]
+
+
+def check_version(plan) -> None:
+    if not isinstance(plan, dict):
+        raise PlanError("a plan is a JSON object", "$")
+    version = plan.get("plan_version")
+    if not isinstance(version, str) or not version.count(".") == 1 or not all(p.isdigit() for p in version.split(".")):
+        raise PlanError(f"plan_version must look like \"1.0\", not {version!r}", "$.plan_version")
+    major = int(version.split(".")[0])
+    if major > SUPPORTED_MAJOR:
+        raise PlanError(f"this plan has version {version}, newer than this Populace reads ({PLAN_VERSION}); "
+                        "upgrade Populace or compile the scenario again", "$.plan_version")
+    if major < SUPPORTED_MAJOR:
+        raise PlanError(f"plan version {version} is older than {PLAN_VERSION} and has no upgrader; compile the scenario again",
+                        "$.plan_version")
+
+
+# ------------------------------------------------------------------ the typed plan
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    provider: str
+    settings: dict
+    limits: dict
+    price: dict | None
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    name: str
+    fields: tuple  # dicts in evaluation order
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    name: str
+    persona: str | None
+    model: str | None
+    memory: int
+    system: dict | None
+    state: dict
+
+
+@dataclass(frozen=True, slots=True)
+class Population:
+    name: str
+    size: int
+    persona: str | None
+    mixture: tuple  # {"agent", "share", "start", "count"}
+    state: dict  # name -> {"type", "default"}
+    outputs: dict  # name -> type
+    max_agents_per_shard: int
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    name: str
+    kind: str
+    fields: dict  # name -> {"type", "init"}
+    params: dict
+    population: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    version: str
+    plan_hash: str
+    scenario: dict
+    seed: int
+    params: dict
+    settings: dict
+    models: dict  # name -> Model
+    personas: dict
+    agents: dict
+    populations: dict
+    groups: dict
+    environments: dict
+    workflow: tuple  # step dicts, nested
+    raw: dict  # the validated JSON, for writing back out
+
+    def steps(self):
+        """Every step, depth first (loop bodies and branches included)."""
+        def walk(steps):
+            for s in steps:
+                yield s
+                yield from walk(s.get("body", ()))
+                for b in s.get("branches", ()):
+                    yield from walk(b["body"])
+                yield from walk(s.get("else", ()))
+
+        return walk(self.workflow)
+
+
+def plan_from_dict(raw: dict) -> Plan:
+    check_version(raw)
+    validate_plan(raw)
+    if raw["plan_hash"] != plan_hash(raw):
+        raise PlanError("plan_hash does not match the plan's contents (was the file edited by hand?)", "$.plan_hash")
+    sc = raw["scenario"]
+    return Plan(
+        version=raw["plan_version"], plan_hash=raw["plan_hash"], scenario=sc, seed=sc["seed"], params=sc["params"],
+        settings=sc["settings"],
+        models={k: Model(k, m["provider"], m["settings"], m["limits"], m.get("price")) for k, m in raw["models"].items()},
+        personas={k: Persona(k, tuple(p["fields"])) for k, p in raw["personas"].items()},
+        agents={k: Agent(k, a["persona"], a["model"], a["memory"], a["system"], a["state"]) for k, a in raw["agents"].items()},
+        populations={k: Population(k, p["size"], p["persona"], tuple(p["mixture"]), p["state"], p["outputs"],
+                                   p["max_agents_per_shard"]) for k, p in raw["populations"].items()},
+        groups=raw["groups"],
+        environments={k: Environment(k, e["kind"], e["fields"], e["params"], e.get("population"))
+                      for k, e in raw["environments"].items()},
+        workflow=tuple(raw["workflow"]), raw=raw,
+    )
+
+
+def load_plan(data: bytes | str) -> Plan:
+    """Plan JSON -> version check -> schema validation -> Plan."""
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise PlanError(f"not valid JSON{where}: {getattr(e, 'msg', str(e))} (truncated file?)", "$") from None
+    return plan_from_dict(raw)
+
+
+def read_plan(path: str) -> Plan:
+    try:
+        with open(path, "rb") as f:
+            return load_plan(f.read())
+    except OSError as e:
+        raise PlanError(f"cannot read {path}: {e.strerror}", "") from None

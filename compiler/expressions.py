@@ -1,0 +1,548 @@
+"""Type-check an expression and lower it to the plan's expression JSON, in one walk.
+
+In: a dsl expression node and a Scope (which names exist where: constants, persona fields, the
+driver's variables and environments, one agent's own values). Out: (Ty, plan expression), with
+diagnostics reported on the Context. On an error the result is (ANY, {"lit": None}) so checking
+goes on and the user sees every error at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from populace.dsl import nodes as n
+from populace.dsl.diagnostics import did_you_mean
+
+from .context import Context, Quiet
+from .plan.evaluate import FUNCTIONS
+from .types import ANY, BOOL, FLOAT, INT, NONE, NUMERIC, STR, Ty, describe, list_of, unify, unify_all
+
+AGGREGATES = ("mean", "median", "sum", "count", "min", "max", "quantile", "histogram", "share", "std")
+SCALAR_FUNCTIONS = tuple(FUNCTIONS) + ("random",)
+BAD = (ANY, {"lit": None})
+
+_FN_ARITY = {"round": (1, 2), "abs": (1, 1), "floor": (1, 1), "ceil": (1, 1), "sqrt": (1, 1), "log": (1, 1),
+             "exp": (1, 1), "clamp": (3, 3), "len": (1, 1), "str": (1, 1), "int": (1, 1), "float": (1, 1),
+             "join": (1, 2), "last": (1, 2), "random": (0, 0), "min": (1, 99), "max": (1, 99)}
+
+
+@dataclass
+class Scope:
+    """Where an expression is evaluated, and the names visible there."""
+
+    kind: str  # constant | persona | driver | agent
+    pop: str | None = None  # agent scope: the population whose agent this is
+    persona: str | None = None  # persona scope: the persona being declared
+    variables: dict[str, Ty] = field(default_factory=dict)  # loop variables and lets
+    refs: set = field(default_factory=set)  # persona fields referenced (for ordering and cycles)
+
+    def with_vars(self, **more: Ty) -> "Scope":
+        return Scope(self.kind, self.pop, self.persona, {**self.variables, **more}, self.refs)
+
+
+class Checker:
+    def __init__(self, ctx: Context, scope: Scope):
+        self.ctx = ctx
+        self.scope = scope
+
+    # ---------------------------------------------------------------- entry points
+    def value(self, e: n.Expr, what: str = "this") -> tuple[Ty, dict]:
+        """An expression that must be one value (not one per agent) in driver scope."""
+        ty, ir = self.expr(e)
+        if ty.per_agent and self.scope.kind in ("driver", "constant"):
+            self.per_agent_error(e, ty)
+            return BAD
+        return ty, ir
+
+    def per_agent_error(self, e: n.Expr, ty: Ty) -> None:
+        text = _source(e)
+        self.ctx.error("E1011", e.span, f"`{text}` has one value per agent, but one value is needed here",
+                       label="one value per agent",
+                       hint=f"aggregate it, e.g. mean({text}) or share({text} == ...)")
+
+    def condition(self, e: n.Expr) -> dict:
+        ty, ir = self.expr(e)
+        if ty.per_agent and self.scope.kind == "driver":
+            self.per_agent_error(e, ty)
+        elif ty.kind not in ("bool", "any"):
+            self.ctx.error("E1032", e.span, f"a condition must be true or false, not {describe(ty)}",
+                           label=f"this is {describe(ty)}", hint="compare it, e.g. `x > 0`")
+        return ir
+
+    # ---------------------------------------------------------------- dispatch
+    def expr(self, e: n.Expr) -> tuple[Ty, dict]:
+        method = getattr(self, "e_" + type(e).__name__, None)
+        if method is None:  # every Expr subclass has a method; this guards new node kinds
+            self.ctx.error("E1002", e.span, "this expression is not supported here")
+            return BAD
+        return method(e)
+
+    def e_Literal(self, e: n.Literal):
+        kinds = {"int": INT, "float": FLOAT, "percent": FLOAT, "duration": FLOAT, "str": STR, "bool": BOOL,
+                 "none": NONE}
+        return kinds[e.kind], {"lit": e.value}
+
+    def e_Template(self, e: n.Template):
+        parts = []
+        per_agent, pop = False, None
+        for p in e.parts:
+            if isinstance(p, str):
+                parts.append(p)
+                continue
+            ty, ir = self.expr(p)
+            if ty.per_agent:
+                if self.scope.kind in ("driver", "constant"):
+                    self.per_agent_error(p, ty)
+                    continue
+                per_agent, pop = True, ty.pop
+            parts.append(ir)
+        return Ty("str", per_agent=per_agent, pop=pop), {"template": parts}
+
+    def e_ListLit(self, e: n.ListLit):
+        checked = [self.expr(i) for i in e.items]
+        if any(t.per_agent for t, _ in checked):
+            self.ctx.error("E1010", e.span, "a list cannot hold per-agent values", hint="aggregate them first")
+            return BAD
+        return list_of(unify_all([t for t, _ in checked]) if checked else ANY), {"list": [ir for _, ir in checked]}
+
+    def e_RecordLit(self, e: n.RecordLit):
+        seen, fields, irs = set(), [], {}
+        for key, value in e.fields:
+            if key in seen:
+                self.ctx.error("E1001", value.span, f"field `{key}` is given twice in this record")
+            seen.add(key)
+            ty, ir = self.expr(value)
+            fields.append((key, ty.scalar()))
+            irs[key] = ir
+        return Ty("record", fields=tuple(fields)), {"record": irs}
+
+    def e_IfExp(self, e: n.IfExp):
+        tt, test = self.expr(e.test)
+        if tt.kind not in ("bool", "any"):
+            self.ctx.error("E1032", e.test.span, f"a condition must be true or false, not {describe(tt)}")
+        t1, then = self.expr(e.then)
+        t2, orelse = self.expr(e.orelse)
+        ty = unify(t1, t2)
+        if ty is None:
+            self.ctx.error("E1010", e.span, f"the two branches give {describe(t1)} and {describe(t2)}",
+                           hint="make both branches the same type")
+            return BAD
+        per_agent = t1.per_agent or t2.per_agent or tt.per_agent
+        pop = t1.pop or t2.pop or tt.pop
+        return (ty.column(pop) if per_agent else ty), {"if": test, "then": then, "else": orelse}
+
+    def e_UnaryOp(self, e: n.UnaryOp):
+        ty, ir = self.expr(e.operand)
+        if e.op == "not":
+            if ty.kind not in ("bool", "any"):
+                self.ctx.error("E1010", e.span, f"`not` needs true or false, not {describe(ty)}")
+            return Ty("bool", per_agent=ty.per_agent, pop=ty.pop), {"op": "not", "args": [ir]}
+        if ty.kind not in NUMERIC and ty.kind != "any":
+            self.ctx.error("E1010", e.span, f"`-` needs a number, not {describe(ty)}")
+            return BAD
+        return Ty(ty.kind, per_agent=ty.per_agent, pop=ty.pop), {"op": "neg", "args": [ir]}
+
+    def e_BinOp(self, e: n.BinOp):
+        lt, left = self.expr(e.left)
+        rt, right = self.expr(e.right)
+        if lt.per_agent and rt.per_agent and lt.pop != rt.pop:
+            self.ctx.error("E1010", e.span, f"`{e.op}` combines values of `{lt.pop}` and `{rt.pop}` agent by agent",
+                           hint="aggregate one side first, e.g. mean(...)")
+            return BAD
+        per_agent = lt.per_agent or rt.per_agent
+        pop = lt.pop or rt.pop
+        ir = {"op": e.op, "args": [left, right]}
+        result = self._binop_type(e, lt, rt)
+        if result is None:
+            return BAD
+        return (result.column(pop) if per_agent else result), ir
+
+    def _binop_type(self, e: n.BinOp, lt: Ty, rt: Ty) -> Ty | None:
+        op, a, b = e.op, lt.scalar(), rt.scalar()
+        if "any" in (a.kind, b.kind):
+            return BOOL if op in ("==", "!=", "<", "<=", ">", ">=", "and", "or", "in", "not in") else ANY
+        if op in ("and", "or"):
+            if a.kind != "bool" or b.kind != "bool":
+                bad = e.left if a.kind != "bool" else e.right
+                self.ctx.error("E1010", bad.span, f"`{op}` needs true or false on both sides, not {describe(a if a.kind != 'bool' else b)}")
+                return None
+            return BOOL
+        if op in ("==", "!="):
+            if unify(a, b) is None:
+                self.ctx.error("E1010", e.span, f"comparing {describe(a)} with {describe(b)} is always {op == '!='}",
+                               hint="compare values of the same type")
+                return None
+            self._check_enum_literal(a, e.right)
+            self._check_enum_literal(b, e.left)
+            return BOOL
+        if op in ("<", "<=", ">", ">="):
+            if not ((a.kind in NUMERIC and b.kind in NUMERIC) or (a.kind == b.kind == "str")):
+                self.ctx.error("E1010", e.span, f"`{op}` cannot order {describe(a)} and {describe(b)}")
+                return None
+            return BOOL
+        if op in ("in", "not in"):
+            if b.kind != "list" and b.kind != "str":
+                self.ctx.error("E1010", e.right.span, f"`{op}` needs a list on its right, not {describe(b)}")
+                return None
+            return BOOL
+        if op == "+" and a.kind in ("str", "enum") and b.kind in ("str", "enum"):
+            return STR
+        if op == "+" and a.kind == "list":
+            item = unify(a.item or ANY, b.item or ANY) if b.kind == "list" else unify(a.item or ANY, b)
+            if item is None:
+                self.ctx.error("E1010", e.span, f"cannot add {describe(b)} to {describe(a)}")
+                return None
+            return list_of(item)
+        if a.kind in NUMERIC and b.kind in NUMERIC:
+            if op == "/":
+                return FLOAT
+            return INT if a.kind == b.kind == "int" else FLOAT
+        self.ctx.error("E1010", e.span, f"`{op}` cannot combine {describe(a)} and {describe(b)}",
+                       label=f"{describe(a)} {op} {describe(b)}",
+                       hint="arithmetic needs numbers" + ("; use str(x) to put a number in text" if "str" in (a.kind, b.kind) else ""))
+        return None
+
+    def _check_enum_literal(self, ty: Ty, other: n.Expr) -> None:
+        if ty.kind == "enum" and isinstance(other, n.Literal) and other.value not in ty.values:
+            values = ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in ty.values)
+            hint = did_you_mean(str(other.value), [str(v) for v in ty.values]) or f"the values are {values}"
+            self.ctx.error("E1010", other.span, f"{other.text} is not one of the values of {describe(ty)}",
+                           label="never equal", hint=hint)
+
+    # ---------------------------------------------------------------- names
+    def e_Name(self, e: n.Name):
+        name = e.id
+        scope = self.scope
+        if name.startswith("_"):
+            return self._private(e, name)
+        if name in scope.variables:
+            return scope.variables[name], {"var": name}
+        if scope.kind == "persona":
+            fields = self.ctx.persona_fields.get(scope.persona, {})
+            if name in fields:
+                scope.refs.add(name)
+                return fields[name], {"col": name, "src": "persona"}
+        hint = self._name_hint(name)
+        what = {"param": "`param` needs a name: param.NAME", "persona": "`persona` needs a field: persona.NAME",
+                "self": "`self` needs a field: self.NAME"}.get(name)
+        if what:
+            self.ctx.error("E1002", e.span, what)
+            return BAD
+        if name in self.ctx.populations or name in self.ctx.environments or name in self.ctx.groups:
+            self.ctx.error("E1002", e.span, f"`{name}` needs a field here, e.g. {name}.NAME",
+                           hint=hint if hint.startswith("did") else "")
+            return BAD
+        self.ctx.error("E1002", e.span, f"unknown name `{name}`", label="not declared in this scenario",
+                       hint=hint or self._scope_hint())
+        return BAD
+
+    def _scope_hint(self) -> str:
+        kind = self.scope.kind
+        if kind == "persona":
+            return "inside a persona, other fields are written by name; params as param.NAME"
+        if kind == "constant":
+            return "only literals and param.NAME are known before the run starts"
+        if kind == "agent":
+            return "an agent sees persona.NAME, self.NAME, environment fields, params and loop variables"
+        return "names are params (param.NAME), environments (ENV.FIELD), populations (POP.FIELD), loop variables and lets"
+
+    def _name_hint(self, name: str) -> str:
+        candidates = list(self.scope.variables) + list(self.ctx.populations) + list(self.ctx.environments)
+        if self.scope.kind == "persona":
+            candidates += list(self.ctx.persona_fields.get(self.scope.persona, {}))
+        if self.scope.kind == "agent":
+            candidates += ["persona", "self"]
+        return did_you_mean(name, candidates)
+
+    def _private(self, e, name):
+        self.ctx.error("E1035", e.span, f"`{name}` is not accessible", label="names starting with `_` are private",
+                       hint="templates and expressions reach only declared fields")
+        return BAD
+
+    def e_Attr(self, e: n.Attr):
+        if e.attr.startswith("_"):
+            return self._private(e, e.attr)
+        base = e.value
+        if isinstance(base, n.Name) and base.id not in self.scope.variables:
+            name = base.id
+            if name == "param":
+                return self._param(e)
+            if name in self.ctx.environments:
+                return self._env_field(e, name)
+            if name == "persona" and self.scope.kind == "agent":
+                return self._agent_field(e, self.scope.pop, ("persona",))
+            if name == "self" and self.scope.kind == "agent":
+                return self._agent_field(e, self.scope.pop, ("state", "output", "persona"))
+            if name in self.ctx.populations:
+                if self.scope.kind in ("constant", "persona"):
+                    self.ctx.error("E1002", e.span, f"`{name}` has no values yet here",
+                                   hint="population fields exist only in the workflow")
+                    return BAD
+                return self._agent_field(e, name, ("state", "output", "persona"))
+            if name in self.ctx.groups:
+                return self._group_field(e, name)
+        ty, ir = self.expr(base)
+        if ty.kind == "any":
+            return ANY.column(ty.pop) if ty.per_agent else ANY, {"get": ir, "field": e.attr}
+        if ty.kind != "record":
+            self.ctx.error("E1009", e.span, f"{describe(ty)} has no field `{e.attr}`")
+            return BAD
+        fields = dict(ty.fields)
+        if e.attr not in fields:
+            self.ctx.error("E1009", e.span, f"no field `{e.attr}` in {describe(ty)}",
+                           hint=did_you_mean(e.attr, fields))
+            return BAD
+        ft = fields[e.attr]
+        return (ft.column(ty.pop) if ty.per_agent else ft), {"get": ir, "field": e.attr}
+
+    def _param(self, e: n.Attr):
+        if e.attr not in self.ctx.params:
+            self.ctx.error("E1008", e.span, f"unknown param `{e.attr}`", label="not declared in the scenario block",
+                           hint=did_you_mean(e.attr, self.ctx.params) or "declare it: param NAME = DEFAULT")
+            return BAD
+        value, ty = self.ctx.params[e.attr]
+        return ty, {"lit": value}
+
+    def _env_field(self, e: n.Attr, env: str):
+        if self.scope.kind in ("constant", "persona"):
+            self.ctx.error("E1007", e.span, f"environment `{env}` is not available here",
+                           hint="environment values exist only in the workflow and in prompts")
+            return BAD
+        fields = self.ctx.env_fields.get(env, {})
+        if e.attr not in fields:
+            self.ctx.error("E1007", e.span, f"environment `{env}` has no field `{e.attr}`",
+                           hint=did_you_mean(e.attr, fields) or f"its fields: {', '.join(sorted(fields)) or 'none'}")
+            return BAD
+        return fields[e.attr], {"env": env, "field": e.attr}
+
+    def _agent_field(self, e: n.Attr, pop: str, sources: tuple[str, ...]):
+        fields = self.ctx.population_fields.get(pop, {})
+        info = fields.get(e.attr)
+        if info is None or info.source not in sources:
+            candidates = [k for k, v in fields.items() if v.source in sources]
+            owner = "persona" if sources == ("persona",) else f"`{pop}`"
+            self.ctx.error("E1009", e.span, f"{owner} has no field `{e.attr}`",
+                           label="not a persona field, state field or ask output" if owner != "persona" else "not a persona field",
+                           hint=did_you_mean(e.attr, candidates) or (f"known: {', '.join(sorted(candidates))}" if candidates else ""))
+            return BAD
+        if self.scope.kind == "agent" and pop != self.scope.pop:
+            # Another population's column seen from an agent: only through an aggregate.
+            return info.ty.column(pop), {"col": e.attr, "pop": pop, "src": info.source}
+        return info.ty.column(pop), {"col": e.attr, "pop": pop, "src": info.source}
+
+    def _group_field(self, e: n.Attr, group: str):
+        if self.scope.kind != "agent":
+            self.ctx.error("E1037", e.span, f"group set `{group}` is per agent: use it in prompts and agent updates",
+                           hint=f"e.g. sum({group}.{e.attr}) in a prompt gives the total of the agent's own group")
+            return BAD
+        g = self.ctx.groups[group]
+        ty, ir = self._agent_field(e, g["population"], ("state", "output", "persona"))
+        if ir.get("lit", 0) is None:
+            return BAD
+        ir = dict(ir, via={"group": group})
+        return ty.column("group:" + group), ir
+
+    # ---------------------------------------------------------------- calls and indexing
+    def e_Index(self, e: n.Index):
+        ty, ir = self.expr(e.value)
+        it, iir = self.expr(e.index)
+        if ty.kind == "list":
+            if it.kind not in ("int", "any"):
+                self.ctx.error("E1010", e.index.span, f"a list index must be a whole number, not {describe(it)}")
+            item = ty.item or ANY
+            return (item.column(ty.pop) if ty.per_agent else item), {"index": [ir, iir]}
+        if ty.kind == "any":
+            return ANY, {"index": [ir, iir]}
+        self.ctx.error("E1010", e.span, f"{describe(ty)} cannot be indexed")
+        return BAD
+
+    def e_Call(self, e: n.Call):
+        if not isinstance(e.func, n.Name):
+            if isinstance(e.func, n.Attr) and isinstance(e.func.value, n.Name) and e.func.value.id in self.ctx.environments:
+                return self._env_method(e)
+            self.ctx.error("E1013", e.func.span, "only named functions can be called",
+                           hint="functions: " + ", ".join(AGGREGATES + ("round", "min", "max", "clamp")))
+            return BAD
+        name = e.func.id
+        if name in AGGREGATES and e.args and self._is_column_arg(e.args[0].value):
+            return self._aggregate(e, name)
+        if name == "neighbors":
+            self.ctx.error("E1037", e.span, "neighbors(...) is a set of agents: aggregate a field of it",
+                           hint="e.g. share(neighbors(net).believes)")
+            return BAD
+        if name in self.ctx.environments:
+            self.ctx.error("E1013", e.func.span, f"`{name}` is an environment, not a function")
+            return BAD
+        if name not in SCALAR_FUNCTIONS:
+            self.ctx.error("E1013", e.func.span, f"unknown function `{name}`",
+                           hint=did_you_mean(name, SCALAR_FUNCTIONS + AGGREGATES) or
+                           "functions: " + ", ".join(sorted(SCALAR_FUNCTIONS + AGGREGATES)))
+            return BAD
+        if name in AGGREGATES and name not in ("min", "max", "count"):
+            # e.g. mean(3): aggregates take a population's field
+            self.ctx.error("E1012", e.span, f"`{name}` aggregates a population's field",
+                           hint=f"e.g. {name}(players.guess)")
+            return BAD
+        lo, hi = _FN_ARITY.get(name, (0, 99))
+        if any(a.name or a.key for a in e.args):
+            self.ctx.error("E1014", e.span, f"`{name}` takes no named arguments")
+            return BAD
+        if not lo <= len(e.args) <= hi:
+            want = f"{lo}" if lo == hi else f"{lo} to {hi}"
+            self.ctx.error("E1014", e.span, f"`{name}` takes {want} argument{'s' if hi != 1 else ''}, not {len(e.args)}")
+            return BAD
+        checked = [self.expr(a.value) for a in e.args]
+        per_agent = any(t.per_agent for t, _ in checked)
+        pops = {t.pop for t, _ in checked if t.per_agent}
+        ir = {"call": name, "args": [i for _, i in checked]}
+        if name == "random":
+            if self.scope.kind in ("constant", "persona"):
+                self.ctx.error("E1013", e.span, "random() is for the workflow; use a distribution in a persona",
+                               hint="e.g. x ~ uniform(0, 1)")
+                return BAD
+            return (FLOAT.column(self.scope.pop) if self.scope.kind == "agent" else FLOAT), ir
+        ty = self._function_type(e, name, [t for t, _ in checked])
+        if ty is None:
+            return BAD
+        return (ty.column(next(iter(pops))) if per_agent else ty), ir
+
+    def _function_type(self, e: n.Call, name: str, types: list[Ty]) -> Ty | None:
+        scal = [t.scalar() for t in types]
+        if name in ("round", "floor", "ceil"):
+            if scal[0].kind not in NUMERIC + ("any",):
+                self.ctx.error("E1014", e.args[0].span, f"`{name}` needs a number, not {describe(scal[0])}")
+                return None
+            return FLOAT if name == "round" and len(scal) == 2 else INT
+        if name in ("abs",):
+            return scal[0]
+        if name in ("sqrt", "log", "exp", "float"):
+            return FLOAT
+        if name == "int":
+            return INT
+        if name in ("str", "join"):
+            return STR
+        if name == "len":
+            return INT
+        if name == "last":
+            return scal[0] if scal[0].kind == "list" else list_of(ANY)
+        if name in ("min", "max", "clamp"):
+            if len(scal) == 1:
+                return scal[0].item if scal[0].kind == "list" and scal[0].item else ANY
+            return unify_all(scal)
+        return ANY
+
+    def _is_column_arg(self, arg: n.Expr) -> bool:
+        """Is this aggregate's argument a per-agent value (so the call aggregates)?"""
+        probe = Checker(Quiet(self.ctx), self.scope)
+        ty, _ = probe.expr(arg)
+        return ty.per_agent or (isinstance(arg, n.Attr) and isinstance(arg.value, n.Call)
+                                and isinstance(arg.value.func, n.Name) and arg.value.func.id == "neighbors")
+
+    def _aggregate(self, e: n.Call, name: str):
+        first = e.args[0].value
+        via = None
+        if isinstance(first, n.Attr) and isinstance(first.value, n.Call) and isinstance(first.value.func, n.Name) \
+                and first.value.func.id == "neighbors":
+            net_ty = self._neighbors(first.value)
+            if net_ty is None:
+                return BAD
+            net, pop = net_ty
+            ty, ir = self._agent_field(n.Attr(value=n.Name(id=pop, span=first.span), attr=first.attr, span=first.span),
+                                       pop, ("state", "output", "persona"))
+            via = {"neighbors": net}
+            ir = dict(ir, via=via)
+        else:
+            ty, ir = self.expr(first)
+            if ty.pop and ty.pop.startswith("group:"):
+                via = {"group": ty.pop[6:]}
+        if ty.kind == "any" and not ty.per_agent:
+            return BAD
+        params: dict = {}
+        elem = ty.scalar()
+        if name in ("mean", "median", "sum", "quantile", "std", "histogram") and elem.kind not in NUMERIC + ("bool", "any"):
+            self.ctx.error("E1012", first.span, f"`{name}` needs numbers, but `{_source(first)}` is {describe(elem)}",
+                           hint="share(x == value) gives the fraction of agents with a given value" if elem.kind in ("enum", "str") else "")
+            return BAD
+        if name == "share" and elem.kind not in ("bool", "any"):
+            self.ctx.error("E1012", first.span, f"`share` needs a true/false value per agent, not {describe(elem)}",
+                           hint=f"e.g. share({_source(first)} == ...)")
+            return BAD
+        for arg in e.args[1:]:
+            if arg.name is None and name == "quantile" and "q" not in params:
+                params["q"] = self._const_number(arg.value, "the quantile")
+            elif arg.name in ("bins", "q", "low", "high") and (name == "histogram" or arg.name == "q"):
+                params[arg.name] = self._const_number(arg.value, arg.name)
+            else:
+                self.ctx.error("E1014", arg.span, f"`{name}` does not take this argument",
+                               hint="histogram(x, bins = 10, low = 0, high = 100); quantile(x, 0.9)")
+        if name == "quantile" and "q" not in params:
+            self.ctx.error("E1014", e.span, "quantile needs the quantile, e.g. quantile(players.guess, 0.9)")
+            return BAD
+        if name == "histogram":
+            params.setdefault("bins", 10)
+            if elem.low is not None and "low" not in params:
+                params["low"] = elem.low
+            if elem.high is not None and "high" not in params:
+                params["high"] = elem.high
+        out = {"mean": FLOAT, "median": FLOAT, "quantile": FLOAT, "std": FLOAT, "share": FLOAT, "count": INT,
+               "sum": FLOAT if elem.kind == "float" else INT, "min": elem, "max": elem,
+               "histogram": Ty("record", fields=(("counts", list_of(INT)), ("edges", list_of(FLOAT))))}[name]
+        if out.kind == "enum":
+            out = STR
+        agg = {"agg": name, "arg": ir, "pop": self._pop_of(ty), "params": params}
+        if via:
+            agg["via"] = via
+            if self.scope.kind != "agent":
+                self.ctx.error("E1037", e.span, f"`{name}` over a group or neighbours is per agent",
+                               hint="use it in a prompt, a `where` or an agent update")
+                return BAD
+            return out.column(self.scope.pop), agg
+        return out, agg
+
+    def _pop_of(self, ty: Ty) -> str | None:
+        if ty.pop and ty.pop.startswith("group:"):
+            return self.ctx.groups[ty.pop[6:]]["population"]
+        return ty.pop
+
+    def _neighbors(self, call: n.Call):
+        if self.scope.kind != "agent":
+            self.ctx.error("E1037", call.span, "neighbors(...) is per agent: use it in prompts, `where` and agent updates")
+            return None
+        if len(call.args) != 1 or not isinstance(call.args[0].value, n.Name) \
+                or call.args[0].value.id not in self.ctx.environments:
+            self.ctx.error("E1014", call.span, "neighbors takes one network or grid environment, e.g. neighbors(net)")
+            return None
+        env = call.args[0].value.id
+        info = self.ctx.environments[env]
+        if info["kind"] not in ("network", "grid"):
+            self.ctx.error("E1030", call.args[0].span, f"`{env}` is a {info['kind']}, not a network or grid")
+            return None
+        return env, info["population"]
+
+    def _const_number(self, e: n.Expr, what: str):
+        ty, ir = Checker(self.ctx, Scope("constant")).expr(e)
+        if ty.kind not in NUMERIC or "lit" not in ir:
+            from .plan.evaluate import EvalError, evaluate, is_constant
+
+            if ty.kind in NUMERIC and is_constant(ir):
+                try:
+                    return evaluate(ir)
+                except EvalError:
+                    pass
+            self.ctx.error("E1014", e.span, f"{what} must be a number known before the run")
+            return 0
+        return ir["lit"]
+
+    def _env_method(self, e: n.Call):
+        env = e.func.value.id
+        method = e.func.attr
+        kind = self.ctx.environments[env]["kind"]
+        from .environments import method_type
+
+        return method_type(self, e, env, kind, method)
+
+
+def _source(e: n.Expr) -> str:
+    """Readable source text of an expression (used to name record items and in messages)."""
+    from .text import expression_text
+
+    return expression_text(e)
