@@ -270,11 +270,11 @@ def check_models(ctx: Context) -> None:
             key = err.absolute_path[0] if err.absolute_path else None
             if err.validator == "additionalProperties":
                 for extra in sorted(set(settings) - set(schema["properties"])):
-                    ctx.error("E1019", spans[extra].name_span, f"a {provider} model has no setting `{extra}`",
+                    ctx.error("E1019", spans[extra].name_span, f"{_article(provider)} {provider} model has no setting `{extra}`",
                               hint=did_you_mean(extra, schema["properties"]) or
                               f"settings: {', '.join(sorted(schema['properties']))}")
             elif err.validator == "required":
-                ctx.error("E1019", decl.name_span, f"a {provider} model needs {err.message.split(' is a required')[0]}",
+                ctx.error("E1019", decl.name_span, f"{_article(provider)} {provider} model needs {err.message.split(' is a required')[0]}",
                           hint=_required_hint(provider))
             else:
                 span = spans[key].value.span if key in spans else decl.name_span
@@ -939,3 +939,7 @@ def check_environments(ctx: Context) -> None:
     for name, info in ctx.environments.items():
         if info["kind"] == "chatroom" and "posts" not in ctx.env_fields[name]:
             ctx.env_fields[name]["posts"] = list_of(STR)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

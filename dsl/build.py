@@ -7,6 +7,7 @@ Strings holding `{{ ... }}` become Template nodes: each interpolation is parsed 
 """
 from __future__ import annotations
 
+import re
 import textwrap
 
 from lark import Token, Transformer, Tree, v_args
@@ -37,11 +38,14 @@ def escape_text(text: str, following: str = "") -> str:
     `following` is the character printed right after the text: a `{` before another `{`
     would open an interpolation, so it is written `\\{`.
     """
-    out = []
-    for i, ch in enumerate(text):
-        nxt = text[i + 1] if i + 1 < len(text) else following
-        out.append("\\{" if ch == "{" and nxt == "{" else _SPELLINGS.get(ch, ch))
-    return "".join(out)
+    out = _TO_SPELL.sub(lambda m: _SPELLINGS.get(m.group(), "\\{"), text)
+    if following == "{" and text.endswith("{"):
+        out = out[:-1] + "\\{"
+    return out
+
+
+_TO_SPELL = re.compile(r'[\\"\n\t\r\0]|\{(?=\{)')
+_PLAIN_RUN = re.compile(r"[^\\{]+")  # template text with nothing to decode: copied in one step
 
 
 def quote_string(value: str) -> str:
@@ -286,6 +290,10 @@ class _Builder(Transformer):
         target, op, value, where = c
         return n.Assign(target=target, op=str(op), value=value, where=where, span=self.span(meta))
 
+    def assign_eq(self, meta, c):
+        target, value, where = c
+        return n.Assign(target=target, op="=", value=value, where=where, span=self.span(meta))
+
     def record(self, meta, c):
         return n.Record(items=tuple(c), span=self.span(meta))
 
@@ -461,8 +469,10 @@ class _Builder(Transformer):
                 parts.append(self.sub_expression(source, line, col))
                 advance(end + 2)
                 continue
-            text.append(ch)
-            advance(i + 1)
+            run = _PLAIN_RUN.match(body, i)
+            stop = run.end() if run else i + 1
+            text.append(body[i:stop])
+            advance(stop)
         if text:
             parts.append("".join(text))
         if long:
