@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from dataclasses import fields
 
 from lark import Token, Transformer, Tree, v_args
 
@@ -543,7 +544,41 @@ def build_module(tree: Tree, file: str) -> tuple[n.Module | None, list[Diagnosti
                                      span=Span(file=file, line=1, column=1, end_line=1, end_column=2),
                                      hint="simplify deeply nested expressions")]
         raise
-    return n.Module(path=file, decls=tuple(decls), span=Span(file=file, line=1, column=1, end_line=1, end_column=1)), []
+    module = n.Module(path=file, decls=tuple(decls), span=Span(file=file, line=1, column=1, end_line=1, end_column=1))
+    deep = _too_deep(module)
+    if deep is not None:
+        return None, [Diagnostic(code="E0013", message="expression nested too deeply", span=deep,
+                                 label=f"more than {MAX_EXPRESSION_DEPTH} levels of operators and calls",
+                                 hint="split it with `let` into smaller expressions")]
+    return module, []
+
+
+MAX_EXPRESSION_DEPTH = 200  # like parser.MAX_NESTING: every later stage recurses over expressions
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _too_deep(module: n.Module) -> Span | None:
+    """The span of the outermost expression holding one nested deeper than MAX_EXPRESSION_DEPTH, or None.
+
+    `1 + 1 + ... + 1` is as deep as it is long; iterative, so the check itself cannot overflow.
+    """
+    stack: list = [(module, 0, None)]
+    while stack:
+        node, depth, root = stack.pop()
+        if isinstance(node, tuple):
+            stack.extend((item, depth, root) for item in node)
+            continue
+        if not isinstance(node, n.Node):
+            continue
+        if isinstance(node, n.Expr):
+            depth, root = depth + 1, root or node
+            if depth > MAX_EXPRESSION_DEPTH:
+                return root.span
+        names = _FIELDS.get(type(node))
+        if names is None:
+            names = _FIELDS[type(node)] = tuple(f.name for f in fields(node) if f.compare)
+        stack.extend((getattr(node, name), depth, root) for name in names)
+    return None
 
 
 def build_expression(tree: Tree, file: str) -> n.Expr:
