@@ -44,17 +44,37 @@ SECRET_SETTINGS = ("api_key", "key", "token", "secret", "password", "authorizati
 
 def constant(ctx: Context, e: n.Expr, what: str):
     """Evaluate an expression that must be known before the run (literals, params, arithmetic)."""
+    reported = len(ctx.reporter.diagnostics)
     ty, ir = Checker(ctx, Scope("constant")).expr(e)
-    if ty.kind == "any" and ir == {"lit": None}:
-        return ty, None, False
+    if (ty.kind == "any" and ir == {"lit": None}) or len(ctx.reporter.diagnostics) > reported:
+        return ty, None, False  # already reported inside the expression; evaluating it would only repeat that
     if not is_constant(ir):
         ctx.error("E1022", e.span, f"{what} must be known before the run", hint="use literals and param.NAME")
         return ty, None, False
     try:
-        return ty, evaluate(ir), True
+        value = evaluate(ir)
     except EvalError as err:
         ctx.error("E1022", e.span, f"{what} cannot be computed: {err.message}")
         return ty, None, False
+    if not plan_number_ok(value):
+        ctx.error("E1022", e.span, f"{what} is too large for a plan", hint="numbers are finite, whole numbers below 2**63")
+        return ty, None, False
+    return ty, value, True
+
+
+def plan_number_ok(value) -> bool:
+    """Can this constant be written to plan JSON (finite floats, 64-bit whole numbers)?"""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return -2**63 <= value < 2**63
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(plan_number_ok(v) for v in value)
+    if isinstance(value, dict):
+        return all(plan_number_ok(v) for v in value.values())
+    return True
 
 
 # ------------------------------------------------------------------ symbols
@@ -86,7 +106,7 @@ def collect_symbols(ctx: Context) -> None:
     for kind in ("population", "environment", "group"):
         for name, decl in decls[kind].items():
             if name in seen:
-                ctx.error("E1001", decl.name_span, f"`{name}` names both a {seen[name]} and a {kind}",
+                ctx.error("E1001", decl.name_span, f"`{name}` names both {_article(seen[name])} {seen[name]} and {_article(kind)} {kind}",
                           hint="give them different names")
             elif name in ("param", "persona", "self"):
                 ctx.error("E1001", decl.name_span, f"`{name}` is a reserved name")
@@ -116,21 +136,27 @@ def resolve_params(ctx: Context) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and ty.kind == "float":
             value = float(value)
         ctx.params[param.name] = (value, ty.scalar())
-    for item in ctx.overrides:
-        _override(ctx, item)
+    if ctx.overrides:
+        # Each override is line i of a pseudo-file `--set`, so its diagnostics show it with a caret.
+        ctx.reporter.sources["--set"] = "\n".join(ctx.overrides)
+    for line, item in enumerate(ctx.overrides, start=1):
+        _override(ctx, item, line)
 
 
-def _override(ctx: Context, item: str) -> None:
-    where = n.Span(file="--set", line=1, column=1, end_line=1, end_column=len(item) + 1)
+def _override(ctx: Context, item: str, line: int) -> None:
+    def at(start: int, end: int) -> n.Span:
+        return n.Span(file="--set", line=line, column=start + 1, end_line=line, end_column=max(end, start + 1) + 1)
+
     if "=" not in item:
-        ctx.error("E1021", where, f"`--set {item}` needs NAME=VALUE", hint="e.g. --set players=1000")
+        ctx.error("E1021", at(0, len(item)), f"`--set {item}` needs NAME=VALUE", hint="e.g. --set players=1000")
         return
     name, text = item.split("=", 1)
+    name_at, value_at = at(0, len(name)), at(len(name) + 1, len(item))
     name = name.strip()
     if name.startswith("param."):
         name = name[len("param."):]
     if name not in ctx.params:
-        ctx.error("E1021", where, f"`--set {name}`: no param `{name}` in the scenario",
+        ctx.error("E1021", name_at, f"`--set {name}`: no param `{name}` in the scenario", label="not a param",
                   hint=did_you_mean(name, ctx.params) or f"params: {', '.join(ctx.params) or 'none'}")
         return
     _, ty = ctx.params[name]
@@ -140,22 +166,28 @@ def _override(ctx: Context, item: str) -> None:
         if ty.kind in ("str", "enum", "any"):
             value = text  # an unquoted string is what a shell user writes
         else:
-            ctx.error("E1021", where, f"`--set {item}`: `{text}` is not a value", hint="numbers as 1000 or 0.5, text in quotes")
+            ctx.error("E1021", value_at, f"`--set {item}`: `{text}` is not a value", hint="numbers as 1000 or 0.5, text in quotes")
             return
     else:
         expr = build_expression(tree, "--set")
-        vty, ir = Checker(ctx, Scope("constant")).expr(expr)
-        if not is_constant(ir):
+        vty, ir = Checker(Quiet(ctx), Scope("constant")).expr(expr)
+        if not is_constant(ir) or (vty.kind == "any" and ir == {"lit": None}):
             if ty.kind in ("str", "enum") and isinstance(expr, n.Name):
                 value = text.strip()
             else:
-                ctx.error("E1021", where, f"`--set {item}`: the value must be a literal")
+                ctx.error("E1021", value_at, f"`--set {item}`: param `{name}` is {describe(ty)}; `{text}` is not one",
+                          label=f"not {describe(ty)}", hint="numbers as 1000 or 0.5, text in quotes")
                 return
         else:
-            value = evaluate(ir)
+            try:
+                value = evaluate(ir)
+            except EvalError as err:
+                ctx.error("E1021", value_at, f"`--set {item}`: {err.message}")
+                return
     vty = type_of_value(value)
     if not assignable(ty, vty) or not _in_range(value, ty):
-        ctx.error("E1021", where, f"`--set {item}`: param `{name}` is {describe(ty)}, not {describe(vty)} {value!r}")
+        ctx.error("E1021", value_at, f"`--set {item}`: param `{name}` is {describe(ty)}, not {describe(vty)} {value!r}",
+                  label=f"not {describe(ty)}")
         return
     if ty.kind == "float" and isinstance(value, int):
         value = float(value)
@@ -274,7 +306,8 @@ def check_models(ctx: Context) -> None:
                               hint=did_you_mean(extra, schema["properties"]) or
                               f"settings: {', '.join(sorted(schema['properties']))}")
             elif err.validator == "required":
-                ctx.error("E1019", decl.name_span, f"{_article(provider)} {provider} model needs {err.message.split(' is a required')[0]}",
+                missing = ", ".join(f"`{k}`" for k in err.validator_value if k not in settings)
+                ctx.error("E1019", decl.name_span, f"{_article(provider)} {provider} model needs {missing}",
                           hint=_required_hint(provider))
             else:
                 span = spans[key].value.span if key in spans else decl.name_span
@@ -294,6 +327,13 @@ def _required_hint(provider: str) -> str:
             "anthropic": 'name = "claude-haiku-4-5"', "openai": 'name = "MODEL", base_url = "http://host:8000/v1"'}.get(provider, "")
 
 
+_PATTERN_WORDS = {
+    "^https?://": "must start with http:// or https://",
+    "^[A-Za-z_][A-Za-z0-9_]*$": "is not an environment variable name (letters, digits, _)",
+    "^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$": "is not written module:function",
+}
+
+
 def _schema_words(err) -> str:
     v = err.validator
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
@@ -301,8 +341,12 @@ def _schema_words(err) -> str:
         return f"must be {word} {err.validator_value}, not {err.instance!r}"
     if v == "type":
         return f"must be {err.validator_value}, not {type(err.instance).__name__} {err.instance!r}"
+    if v in ("oneOf", "anyOf") and err.context:
+        # "not valid under any of the given schemas" says nothing; explain the closest alternative
+        fitting = [c for c in err.context if c.validator != "type"] or err.context  # the alternative of the right type
+        return _schema_words(jsonschema.exceptions.best_match(fitting))
     if v == "pattern":
-        return f"{err.instance!r} is not in the expected form"
+        return f"{err.instance!r} {_PATTERN_WORDS.get(err.validator_value, 'is not in the expected form')}"
     if v == "enum":
         return f"must be one of {', '.join(map(str, err.validator_value))}"
     return err.message
@@ -353,10 +397,10 @@ def check_personas(ctx: Context) -> None:
             TopologicalSorter({k: sorted(v) for k, v in sorted(deps.items())}).prepare()
             order = _source_order_topological(list(by_name), deps)
         except CycleError as e:
-            cycle = " -> ".join(e.args[1])
+            cycle = " -> ".join(reversed(e.args[1]))  # graphlib lists it against the direction of use
             first = by_name[e.args[1][0]]
             ctx.error("E1026", first.name_span, "persona fields depend on each other in a cycle",
-                      hint=f"the cycle: {cycle}")
+                      hint=f"the cycle: {cycle} (each uses the next)")
             order = list(by_name)
         ctx.plan["personas"][name] = {
             "name": name, "span": span_json(decl.span),
@@ -632,7 +676,13 @@ def _table_columns(ctx, path: str, span: n.Span) -> dict[str, Ty]:
             if path.endswith(".csv"):
                 reader = csv.DictReader(fh)
                 for i, row in enumerate(reader):
-                    rows.append({k: _cell(v) for k, v in row.items() if k is not None})
+                    # DictReader files extra cells under None and fills missing ones with None
+                    if None in row or None in row.values():
+                        width = len(row) - 1 + len(row[None]) if None in row else sum(v is not None for v in row.values())
+                        ctx.error("E1025", span, f"line {reader.line_num} of `{path}` has {width} cells; "
+                                  f"the header has {len(reader.fieldnames)} columns")
+                        return {}
+                    rows.append({k: _cell(v) for k, v in row.items()})
                     if i >= 200:
                         break
             else:
@@ -675,14 +725,20 @@ def check_agents(ctx: Context) -> None:
         base: dict = {"settings": {}, "state": {}, "memory": None}
         if decl.extends:
             if decl.extends in chain or decl.extends == name:
-                ctx.error("E1036", decl.extends_span, f"agent `{name}` extends itself through {' -> '.join(chain + (name,))}")
+                cycle = chain[chain.index(decl.extends):] if decl.extends in chain else ()
+                ctx.error("E1036", decl.extends_span, "agents extend each other in a cycle" if cycle else f"agent `{name}` extends itself",
+                          hint=f"the cycle: {' -> '.join(cycle + (name, decl.extends))}")
+                base["broken"] = True
             elif decl.extends not in ctx.decls["agent"]:
                 ctx.error("E1036", decl.extends_span, f"unknown agent `{decl.extends}`",
-                          hint=did_you_mean(decl.extends, ctx.decls["agent"]))
+                          hint=did_you_mean(decl.extends, set(ctx.decls["agent"]) - {name}) or
+                          f"declare it: agent {decl.extends} {{ ... }}")
+                base["broken"] = True
             else:
                 parent = resolve(decl.extends, chain + (name,))
                 if parent:
-                    base = {"settings": dict(parent["settings"]), "state": dict(parent["state"]), "memory": parent["memory"]}
+                    base = {"settings": dict(parent["settings"]), "state": dict(parent["state"]), "memory": parent["memory"],
+                            "broken": parent.get("broken", False)}
         for s in decl.settings:
             base["settings"][s.name] = s
         for st in decl.state:
@@ -703,7 +759,7 @@ def check_agents(ctx: Context) -> None:
                           "settings: persona, model, system, memory = last N, state NAME: TYPE = DEFAULT")
         persona = _ref(ctx, settings.get("persona"), "persona", "E1004")
         model = _ref(ctx, settings.get("model"), "model", "E1003")
-        if settings.get("model") is None:
+        if settings.get("model") is None and not info.get("broken"):  # a broken `extends` was reported already
             ctx.error("E1022", decl.name_span, f"agent `{name}` needs a model", hint="model = NAME, a model declared in this scenario")
         memory = 0
         if info["memory"] is not None:

@@ -7,6 +7,8 @@ goes on and the user sees every error at once.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 from populace.dsl import nodes as n
@@ -55,9 +57,9 @@ class Checker:
 
     def per_agent_error(self, e: n.Expr, ty: Ty) -> None:
         text = _source(e)
+        example = f"share({text})" if ty.kind == "bool" else f"mean({text})" if ty.kind in NUMERIC else f"share({text} == ...)"
         self.ctx.error("E1011", e.span, f"`{text}` has one value per agent, but one value is needed here",
-                       label="one value per agent",
-                       hint=f"aggregate it, e.g. mean({text}) or share({text} == ...)")
+                       label="one value per agent", hint=f"aggregate it, e.g. {example}")
 
     def condition(self, e: n.Expr) -> dict:
         ty, ir = self.expr(e)
@@ -79,6 +81,11 @@ class Checker:
     def e_Literal(self, e: n.Literal):
         kinds = {"int": INT, "float": FLOAT, "percent": FLOAT, "duration": FLOAT, "str": STR, "bool": BOOL,
                  "none": NONE}
+        if isinstance(e.value, (int, float)) and not isinstance(e.value, bool) and \
+                not (math.isfinite(e.value) if isinstance(e.value, float) else -2**63 <= e.value < 2**63):
+            # plan JSON has no infinity, and the runtime's columns hold 64-bit numbers
+            self.ctx.error("E1010", e.span, "this number is too large", hint="numbers are finite and below 2**63")
+            return BAD
         return kinds[e.kind], {"lit": e.value}
 
     def e_Template(self, e: n.Template):
@@ -272,6 +279,10 @@ class Checker:
                 return self._agent_field(e, self.scope.pop, ("persona",))
             if name == "self" and self.scope.kind == "agent":
                 return self._agent_field(e, self.scope.pop, ("state", "output", "persona"))
+            if name in ("persona", "self") and self.scope.kind != "agent":
+                self.ctx.error("E1002", e.span, f"`{name}.{e.attr}` belongs to one agent, and no agent is speaking here",
+                               hint="persona and self are seen in ask, tell ... from, system prompts and agent updates")
+                return BAD
             if name in self.ctx.populations:
                 if self.scope.kind in ("constant", "persona"):
                     self.ctx.error("E1002", e.span, f"`{name}` has no values yet here",
@@ -372,15 +383,18 @@ class Checker:
         if name in self.ctx.environments:
             self.ctx.error("E1013", e.func.span, f"`{name}` is an environment, not a function")
             return BAD
+        if name in AGGREGATES and name not in SCALAR_FUNCTIONS:
+            # e.g. mean(3): aggregates take a population's field. Check the argument first, so an
+            # error inside it (an unknown field, a group used outside an agent) is the one reported.
+            if e.args and self.expr(e.args[0].value)[0].kind == "any":
+                return BAD
+            self.ctx.error("E1012", e.span, f"`{name}` aggregates a population's field, one value per agent",
+                           hint=f"e.g. {name}(players.guess)")
+            return BAD
         if name not in SCALAR_FUNCTIONS:
             self.ctx.error("E1013", e.func.span, f"unknown function `{name}`",
                            hint=did_you_mean(name, SCALAR_FUNCTIONS + AGGREGATES) or
                            "functions: " + ", ".join(sorted(SCALAR_FUNCTIONS + AGGREGATES)))
-            return BAD
-        if name in AGGREGATES and name not in ("min", "max", "count"):
-            # e.g. mean(3): aggregates take a population's field
-            self.ctx.error("E1012", e.span, f"`{name}` aggregates a population's field",
-                           hint=f"e.g. {name}(players.guess)")
             return BAD
         lo, hi = _FN_ARITY.get(name, (0, 99))
         if any(a.name or a.key for a in e.args):
@@ -421,12 +435,19 @@ class Checker:
         if name in ("str", "join"):
             return STR
         if name == "len":
+            if scal[0].kind not in ("list", "str", "enum", "any"):
+                self.ctx.error("E1014", e.args[0].span, f"`len` needs a list or text, not {describe(scal[0])}")
+                return None
             return INT
         if name == "last":
             return scal[0] if scal[0].kind == "list" else list_of(ANY)
         if name in ("min", "max", "clamp"):
             if len(scal) == 1:
                 return scal[0].item if scal[0].kind == "list" and scal[0].item else ANY
+            for arg, t in zip(e.args, scal):
+                if t.kind not in NUMERIC + ("any",):
+                    self.ctx.error("E1014", arg.span, f"`{name}` takes numbers, not {describe(t)}")
+                    return None
             return unify_all(scal)
         return ANY
 
@@ -469,7 +490,7 @@ class Checker:
         for arg in e.args[1:]:
             if arg.name is None and name == "quantile" and "q" not in params:
                 params["q"] = self._const_number(arg.value, "the quantile")
-            elif arg.name in ("bins", "q", "low", "high") and (name == "histogram" or arg.name == "q"):
+            elif (name == "histogram" and arg.name in ("bins", "low", "high")) or (name == "quantile" and arg.name == "q"):
                 params[arg.name] = self._const_number(arg.value, arg.name)
             else:
                 self.ctx.error("E1014", arg.span, f"`{name}` does not take this argument",

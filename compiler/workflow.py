@@ -6,12 +6,15 @@ branches. Ids are readable and stable: the op, a name, and `#2`, `#3` for repeat
 """
 from __future__ import annotations
 
+import re
+
 from populace.dsl import nodes as n
 from populace.dsl.diagnostics import did_you_mean
 
 from .context import Context, Quiet, span_json
 from .declarations import output_type
 from .expressions import Checker, Scope
+from .plan.evaluate import EvalError, evaluate, is_constant
 from .text import expression_text
 from .types import ANY, INT, NUMERIC, Ty, assignable, describe, to_json
 
@@ -58,8 +61,10 @@ class _Lowering:
         ty, count = self.driver(variables).value(s.count)
         if ty.kind not in ("int", "any"):
             self.ctx.error("E1031", s.count.span, f"repeat needs a whole number of times, not {describe(ty)}")
+        elif is_constant(count) and isinstance(_known(count), int) and _known(count) < 0:
+            self.ctx.error("E1031", s.count.span, f"repeat needs a count >= 0, not {_known(count)}")
         if s.var:
-            self._new_name(s.var, s.span, variables)
+            self._new_name(s.var, self._var_span(s, rf"\bas\s+({s.var})\b"), variables)
         step = {"id": self.step_id("repeat" + (f".{s.var}" if s.var else "")), "op": "repeat", "count": count,
                 "var": s.var}
         self.loop_depth += 1
@@ -72,7 +77,7 @@ class _Lowering:
         ty, iterable = self.driver(variables).value(s.iterable)
         if ty.kind not in ("list", "any"):
             self.ctx.error("E1031", s.iterable.span, f"for needs a list, not {describe(ty)}", hint="e.g. for t in [0.5, 1.0]")
-        self._new_name(s.var, s.span, variables)
+        self._new_name(s.var, self._var_span(s, rf"\bfor\s+({s.var})\b"), variables)
         item = ty.item if ty.kind == "list" and ty.item else ANY
         step = {"id": self.step_id(f"for.{s.var}"), "op": "for", "var": s.var, "iterable": iterable}
         self.loop_depth += 1
@@ -80,11 +85,23 @@ class _Lowering:
         self.loop_depth -= 1
         return step
 
+    def _var_span(self, s: n.Stmt, pattern: str) -> n.Span:
+        """The span of a loop's variable: the node keeps only the statement's span, so find it in the source."""
+        lines = self.ctx.reporter.sources.get(s.span.file, "").splitlines()
+        if s.span.line <= len(lines):
+            found = re.compile(pattern).search(lines[s.span.line - 1], s.span.column - 1)
+            if found:
+                return n.Span(file=s.span.file, line=s.span.line, column=found.start(1) + 1,
+                              end_line=s.span.line, end_column=found.end(1) + 1)
+        return s.span
+
     def _new_name(self, name: str, span: n.Span, variables) -> None:
-        if name in variables:
+        taken = ("a population" if name in self.ctx.populations else "an environment" if name in self.ctx.environments
+                 else "a group set" if name in self.ctx.groups else "a keyword" if name in ("param", "persona", "self") else None)
+        if taken:
+            self.ctx.error("E1034", span, f"`{name}` already names {taken}", hint="choose another name")
+        elif name in variables:
             self.ctx.error("E1034", span, f"`{name}` is already a variable here", hint="choose another name")
-        elif name in self.ctx.populations or name in self.ctx.environments or name in ("param", "persona", "self"):
-            self.ctx.error("E1034", span, f"`{name}` already names a population, environment or keyword")
 
     def s_If(self, s: n.If, variables, loop_vars):
         branches = []
@@ -239,6 +256,10 @@ class _Lowering:
             ok = assignable(target.item or ANY, value) or assignable(target, value)
         elif s.op == "+=" and target.kind == "str":
             ok = value.kind in ("str", "enum")
+        elif s.op == "/=" and target.kind == "int":
+            self.ctx.error("E1010", s.value.span, f"`{expression_text(s.target)}` holds whole numbers; `/=` makes a float",
+                           hint=f"use {expression_text(s.target)} = {expression_text(s.target)} // ..., or declare it float")
+            return
         else:
             ok = target.kind in NUMERIC and value.kind in NUMERIC and not (target.kind == "int" and value.kind == "float")
             if not ok and target.kind == "int" and value.kind == "float":
@@ -275,6 +296,13 @@ class _Lowering:
             return None
         return {"id": self.step_id(f"call.{env['name']}.{call.func.attr}"), "op": "call", "env": env["name"],
                 "method": ir["method"], "args": ir["args"], "population": pop}
+
+
+def _known(expr: dict):
+    try:
+        return evaluate(expr)
+    except EvalError:
+        return 0  # e.g. a division by zero: the runtime reports it at this step, with its span
 
 
 def check_workflow(ctx: Context) -> None:

@@ -41,6 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     _add_set(p)
 
+    p = sub.add_parser("run", help="run a scenario")
+    p.add_argument("file")
+    _add_set(p)
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--run-dir", help="write the run here (default: runs/<scenario>-<time>)")
+    p.add_argument("--executor", choices=("ray", "local"), default="ray",
+                   help="ray (default: a local Ray, or a cluster with --address) or local (one process, for debugging)")
+    p.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
+    p.add_argument("--shards", type=int, help="shards per population (default: one per CPU)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+
     return parser
 
 
@@ -147,7 +158,45 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-COMMANDS = {"check": cmd_check, "fmt": cmd_fmt, "compile": cmd_compile}
+def cmd_run(args) -> int:
+    from populace.compiler import compile_file
+    from populace.compiler.plan import plan_from_dict
+
+    from .driver import unsupported
+    from .run import run_plan
+
+    compiled = compile_file(args.file, args.overrides)
+    _print_warnings(compiled)
+    raw = compiled.plan
+    if args.seed is not None:
+        raw = _with_seed(raw, args.seed)
+    plan = plan_from_dict(raw)
+    problems = unsupported(plan)
+    if problems:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        return 1
+    if args.shards is not None and args.shards < 1:
+        print("error: --shards must be at least 1", file=sys.stderr)
+        return 2
+    summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address,
+                       run_dir=args.run_dir, quiet=args.quiet)
+    from .progress import print_summary
+
+    print_summary(summary)
+    return 0 if summary["status"] == "finished" else 1
+
+
+def _with_seed(raw: dict, seed: int) -> dict:
+    from populace.compiler.plan import plan_hash
+
+    raw = json.loads(json.dumps(raw))
+    raw["scenario"]["seed"] = seed
+    raw["plan_hash"] = plan_hash(raw)
+    return raw
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "fmt": cmd_fmt, "compile": cmd_compile}
 
 if __name__ == "__main__":
     sys.exit(main())

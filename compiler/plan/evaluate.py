@@ -48,6 +48,13 @@ def _add(a, b):
     return a + b
 
 
+def _pow(a, b):
+    # 2 ** 10 ** 10 would take minutes and gigabytes; no simulation needs numbers that large
+    if isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 0 and b * math.log2(abs(a)) > 4096:
+        raise EvalError("the result of `**` is too large")
+    return a ** b
+
+
 BINARY: dict[str, Callable] = {
     "+": _add,
     "-": lambda a, b: a - b,
@@ -55,7 +62,7 @@ BINARY: dict[str, Callable] = {
     "/": _div,
     "//": _floordiv,
     "%": _mod,
-    "**": lambda a, b: a ** b,
+    "**": _pow,
     "==": lambda a, b: a == b,
     "!=": lambda a, b: a != b,
     "<": lambda a, b: a < b,
@@ -143,6 +150,8 @@ def evaluate(expr: dict, resolve: Callable[[dict], object] | None = None):
             return BINARY[op](left, right)
         except TypeError as e:
             raise EvalError(f"`{op}` cannot combine {format_value(left)} and {format_value(right)}") from e
+        except (OverflowError, ValueError):
+            raise EvalError(f"the result of `{op}` is too large") from None
     if "if" in expr:
         branch = expr["then"] if evaluate(expr["if"], resolve) else expr["else"]
         return evaluate(branch, resolve)

@@ -1,0 +1,337 @@
+"""The driver: runs the plan's workflow centrally, step by step, on an executor's shards.
+
+In: a Plan, an executor (local or ray), a RunDir and an event listener. Out: the run directory
+filled in, events emitted, and a summary dict. Loops, conditions, `let`, records and environment
+updates are evaluated here; asks, agent updates and messages go to every shard at once, and
+aggregates come back as shard partials (map-reduce), never as rows.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from populace.compiler.plan import Plan, canonical_bytes
+from populace.compiler.plan.evaluate import EvalError, evaluate
+
+from .models import OFFLINE_PROVIDERS, ModelError
+from .rundir import RunDir, iteration_file
+from .shard import combine
+from .vector import agg_key
+
+UNSUPPORTED_KINDS = ("chatroom", "network", "grid")
+
+
+class StopRun(Exception):
+    pass
+
+
+class BreakLoop(Exception):
+    pass
+
+
+class RunFailed(Exception):
+    """The run cannot go on; carries the step and its scenario span for the message."""
+
+    def __init__(self, message: str, step: dict | None = None):
+        span = (step or {}).get("span")
+        where = f"{span['file']}:{span['line']}:{span['column']}: " if span else ""
+        super().__init__(where + message)
+        self.message = message
+        self.step = step
+
+    def __reduce__(self):
+        return (RunFailed, (self.message, self.step))
+
+
+def unsupported(plan: Plan) -> list[str]:
+    """What this runtime cannot run yet, said before any work starts."""
+    problems = []
+    used_models = {a.model for a in plan.agents.values()}
+    used_models |= {s["model"] for s in plan.steps() if s.get("op") == "ask" and s.get("model")}
+    for p in plan.personas.values():
+        used_models |= {f["model"] for f in p.fields if f["kind"] == "write"}
+    for name in sorted(m for m in used_models if m):
+        provider = plan.models[name].provider
+        if provider not in OFFLINE_PROVIDERS:
+            problems.append(f"model `{name}` uses the {provider} provider, which this runtime cannot call yet "
+                            f"(use a mock or python model)")
+    for env in plan.environments.values():
+        if env.kind in UNSUPPORTED_KINDS:
+            problems.append(f"environment `{env.name}` is a {env.kind}, which this runtime cannot run yet")
+    if plan.groups:
+        problems.append("groups are compiled but this runtime cannot run them yet")
+    return problems
+
+
+class Driver:
+    def __init__(self, plan: Plan, executor, run_dir: RunDir, listener: Callable[[dict], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        self.plan = plan
+        self.executor = executor
+        self.run_dir = run_dir
+        self.listener = listener
+        self.should_stop = should_stop or (lambda: False)
+        self.started = time.monotonic()
+        self.env = {name: {f: v["init"] for f, v in e.fields.items()} for name, e in plan.environments.items()}
+        self.totals = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "errors": 0, "agents": 0, "steps": 0}
+        self.by_model: dict = {}
+
+    # ---------------------------------------------------------------- events
+    def emit(self, event: dict) -> None:
+        event = {"t": round(time.monotonic() - self.started, 4), **event}
+        self.run_dir.event(event)
+        if self.listener:
+            self.listener(event)
+
+    # ---------------------------------------------------------------- the run
+    def run(self) -> dict:
+        plan = self.plan
+        self.run_dir.write_bytes("plan.json", canonical_bytes(plan.raw) + b"\n")
+        self.emit({"type": "run_started", "scenario": plan.scenario["name"], "plan_hash": plan.plan_hash,
+                   "executor": self.executor.name, "seed": plan.seed,
+                   "shards": {p: len(r) for p, r in self.executor.ranges.items()},
+                   "agents": {p: pop.size for p, pop in plan.populations.items()}})
+        status = "finished"
+        try:
+            self._personas()
+            self.block(plan.workflow, {}, "")
+        except StopRun:
+            status = "finished"
+        except KeyboardInterrupt:
+            status = "stopped"
+        except (RunFailed, EvalError, ModelError) as e:
+            self.emit({"type": "run_failed", "error": str(e)})
+            status = "failed"
+        except Exception as e:  # a shard raised (RayTaskError wraps it): record it, fail loudly
+            self.emit({"type": "run_failed", "error": f"{type(e).__name__}: {e}"})
+            status = "failed"
+        seconds = time.monotonic() - self.started
+        summary = self.summary(status, seconds)
+        self.run_dir.write_json("summary.json", summary)
+        self.emit({"type": "run_finished", "status": status, "seconds": round(seconds, 3)})
+        return summary
+
+    def _personas(self) -> None:
+        tables = {}
+        for pop in sorted(self.plan.populations):
+            if self.plan.populations[pop].persona:
+                tables[pop] = self.executor.call(pop, "persona_table")
+        if len(tables) == 1:
+            self.run_dir.write_tables("personas.parquet", next(iter(tables.values())))
+        for pop, parts in tables.items():
+            if len(tables) > 1:
+                self.run_dir.write_tables(f"personas/{pop}.parquet", parts)
+
+    def summary(self, status: str, seconds: float) -> dict:
+        cost, cost_known = 0.0, True
+        for name, m in self.by_model.items():
+            price = self.plan.models[name].price
+            provider = self.plan.models[name].provider
+            if provider in OFFLINE_PROVIDERS:
+                m["cost_usd"] = 0.0
+            elif price:
+                m["cost_usd"] = (m["tokens_in"] * price.get("input", 0) + m["tokens_out"] * price.get("output", 0)) / 1e6
+                cost += m["cost_usd"]
+            else:
+                cost_known = False
+        agents = sum(p.size for p in self.plan.populations.values())
+        return {
+            "status": status, "scenario": self.plan.scenario["name"], "plan_hash": self.plan.plan_hash,
+            "seed": self.plan.seed, "params": self.plan.params, "executor": self.executor.name,
+            "shards": {p: len(r) for p, r in self.executor.ranges.items()}, "agents": agents,
+            "seconds": round(seconds, 3), "steps": self.totals["steps"], "agent_steps": self.totals["agents"],
+            "calls": self.totals["calls"], "tokens_in": self.totals["tokens_in"], "tokens_out": self.totals["tokens_out"],
+            "errors": self.totals["errors"], "models": self.by_model, "cost_usd": round(cost, 6) if cost_known else None,
+            "run_dir": self.run_dir.path,
+        }
+
+    # ---------------------------------------------------------------- steps
+    def block(self, steps, variables: dict, label: str) -> None:
+        for step in steps:
+            if self.should_stop():
+                raise KeyboardInterrupt
+            getattr(self, "op_" + step["op"])(step, variables, label)
+
+    def _label(self, label: str, var: str, value) -> str:
+        inner = label[1:-1] + ", " if label else ""
+        return f"[{inner}{var}={value}]"
+
+    def op_repeat(self, step, variables, label):
+        count = self.value(step["count"], variables, step)
+        for i in range(1, int(count) + 1):
+            inner = dict(variables)
+            if step["var"]:
+                inner[step["var"]] = i
+            try:
+                self.block(step["body"], inner, self._label(label, step["var"] or "i", i))
+            except BreakLoop:
+                break
+            variables.update({k: v for k, v in inner.items() if k in variables})
+
+    def op_for(self, step, variables, label):
+        items = self.value(step["iterable"], variables, step)
+        for i, item in enumerate(items, 1):
+            inner = dict(variables, **{step["var"]: item})
+            try:
+                self.block(step["body"], inner, self._label(label, step["var"], item if isinstance(item, (int, float, str)) else i))
+            except BreakLoop:
+                break
+            variables.update({k: v for k, v in inner.items() if k in variables})
+
+    def op_if(self, step, variables, label):
+        for branch in step["branches"]:
+            if self.value(branch["cond"], variables, step):
+                self.block(branch["body"], variables, label)
+                return
+        self.block(step["else"], variables, label)
+
+    def op_stop(self, step, variables, label):
+        if self.value(step["cond"], variables, step):
+            self.emit({"type": "stopped_when", "step": step["id"], "iteration": label, "scope": step["scope"]})
+            raise StopRun if step["scope"] == "run" else BreakLoop
+
+    def op_let(self, step, variables, label):
+        variables[step["name"]] = self.value(step["value"], variables, step)
+
+    def op_set_var(self, step, variables, label):
+        variables[step["name"]] = self._update(variables[step["name"]], step["operator"],
+                                               self.value(step["value"], variables, step))
+
+    def op_set_env(self, step, variables, label):
+        env = self.env[step["env"]]
+        env[step["field"]] = self._update(env[step["field"]], step["operator"], self.value(step["value"], variables, step))
+
+    def _update(self, old, op, new):
+        if op == "=":
+            return new
+        if op == "+=":
+            if isinstance(old, list):
+                return old + (new if isinstance(new, list) else [new])
+            return old + new
+        try:
+            return {"-=": lambda: old - new, "*=": lambda: old * new, "/=": lambda: old / new}[op]()
+        except ZeroDivisionError:
+            raise EvalError("division by zero") from None
+
+    def op_record(self, step, variables, label):
+        row = {k: v for k, v in variables.items() if isinstance(v, (int, float, str, bool))}
+        for item in step["items"]:
+            row[item["name"]] = self.value(item["value"], variables, step)
+        self.run_dir.metric(dict(row, step=step["id"]))
+        self.emit({"type": "record", "step": step["id"], "iteration": label, "values": row})
+
+    def op_ask(self, step, variables, label):
+        self._shard_step(step, variables, label, "ask", [step["prompt"], step["where"]])
+
+    def op_set_state(self, step, variables, label):
+        self._shard_step(step, variables, label, "set_state", [step["value"], step["where"]])
+
+    def op_tell(self, step, variables, label):
+        target = step["target"]
+        exprs = [step["message"], step.get("where"), target.get("index")]
+        self._shard_step(step, variables, label, "tell", exprs, population=target["population"])
+
+    def op_broadcast(self, step, variables, label):
+        message = self.value(step["message"], variables, step)
+        self.emit({"type": "step_started", "step": step["id"], "iteration": label, "op": "broadcast"})
+        began = time.monotonic()
+        total = 0
+        for pop in step["populations"]:
+            total += sum(self.executor.call(pop, "broadcast", message))
+        self.totals["steps"] += 1
+        self.emit({"type": "step_finished", "step": step["id"], "iteration": label, "op": "broadcast",
+                   "agents": total, "seconds": round(time.monotonic() - began, 4)})
+
+    def op_call(self, step, variables, label):
+        raise RunFailed(f"`{step['env']}.{step['method']}` needs environment support this runtime lacks", step)
+
+    # ---------------------------------------------------------------- shards and aggregates
+    def _shard_step(self, step, variables, label, method, exprs, population=None):
+        pop = population or step["population"]
+        self.emit({"type": "step_started", "step": step["id"], "iteration": label, "op": step["op"],
+                   "population": pop, "agents": self.plan.populations[pop].size})
+        began = time.monotonic()
+        context = self.context(variables, step, label, exprs)
+        results = self.executor.call(pop, method, step, context)
+        seconds = time.monotonic() - began
+        event = {"type": "step_finished", "step": step["id"], "iteration": label, "op": step["op"], "population": pop,
+                 "seconds": round(seconds, 4)}
+        self.totals["steps"] += 1
+        if method == "ask":
+            tables = [r.pop("table") for r in results]
+            self.run_dir.write_tables(f"asks/{step['id'][5:]}/{iteration_file(label)}.parquet", tables)
+            for key in ("agents", "calls", "errors", "tokens_in", "tokens_out"):
+                event[key] = sum(r[key] for r in results)
+                self.totals[key] += event[key]
+            by_model: dict = {}
+            for r in results:
+                for model, counts in r.get("by_model", {}).items():
+                    acc = by_model.setdefault(model, [0, 0, 0])
+                    for i in range(3):
+                        acc[i] += counts[i]
+            for model, (calls, tin, tout) in by_model.items():
+                m = self.by_model.setdefault(model, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
+                m["calls"] += calls
+                m["tokens_in"] += tin
+                m["tokens_out"] += tout
+            event["by_model"] = by_model
+            event["agents_per_second"] = round(event["agents"] / seconds, 1) if seconds > 0 else None
+            samples = [s for r in results for s in r["error_samples"]][:20]
+            if samples:
+                self.emit({"type": "agent_errors", "step": step["id"], "iteration": label, "count": event["errors"],
+                           "samples": samples, "span": step["span"]})
+        else:
+            event["agents"] = int(sum(results))
+            self.totals["agents"] += event["agents"]
+        self.emit(event)
+
+    def context(self, variables, step, label, exprs) -> dict:
+        aggregates = {}
+        for expr in exprs:
+            if expr is not None:
+                aggregates.update(self.aggregates(expr, variables))
+        return {"variables": variables, "env": self.env, "aggregates": aggregates, "seed": self.plan.seed,
+                "where": step["id"] + label}
+
+    def aggregates(self, expr, variables) -> dict:
+        """Compute every population aggregate inside `expr` with one partials call per population."""
+        specs: dict[str, list] = {}
+        for node in _walk(expr):
+            if "agg" in node and "via" not in node:
+                specs.setdefault(node["pop"], []).append(node)
+        values = {}
+        for pop, nodes in specs.items():
+            unique = {agg_key(n): n for n in nodes}
+            ordered = [unique[k] for k in sorted(unique)]
+            context = {"variables": variables, "env": self.env, "aggregates": {}, "seed": self.plan.seed, "where": ""}
+            per_shard = self.executor.call(pop, "partials", ordered, context)
+            for i, spec in enumerate(ordered):
+                values[agg_key(spec)] = combine(spec, [parts[i] for parts in per_shard])
+        return values
+
+    def value(self, expr, variables, step):
+        aggregates = self.aggregates(expr, variables)
+
+        def resolve(node):
+            if "var" in node:
+                return variables[node["var"]]
+            if "env" in node:
+                return self.env[node["env"]][node["field"]]
+            if "agg" in node:
+                return aggregates[agg_key(node)]
+            raise EvalError(f"cannot evaluate {sorted(node)} here")
+
+        try:
+            return evaluate(expr, resolve)
+        except EvalError as e:
+            raise RunFailed(e.message, step) from None
+
+
+def _walk(expr):
+    if isinstance(expr, dict):
+        yield expr
+        for v in expr.values():
+            yield from _walk(v)
+    elif isinstance(expr, list):
+        for v in expr:
+            yield from _walk(v)

@@ -1,0 +1,82 @@
+"""Executors: where shards live. `local` keeps them in this process; `ray` puts each in an actor.
+
+In: the plan JSON and a shard layout (population -> [(start, stop)]). Out: an object with
+`call(population, method, *args) -> [result per shard]` and `call_all(method, *args)`; both
+executors run the same Shard code, so results are identical. Ray handles never leave this module.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+from .shard import Shard
+
+
+def layout(plan, shards: int | None, default_shards: int) -> dict[str, list[tuple[int, int]]]:
+    """Split each population into contiguous ranges: `shards` of them, or enough for the size limit."""
+    out = {}
+    for name, pop in sorted(plan.populations.items()):
+        count = shards or default_shards
+        count = max(count, math.ceil(pop.size / pop.max_agents_per_shard))
+        count = max(1, min(count, pop.size))
+        bounds = [round(i * pop.size / count) for i in range(count + 1)]
+        out[name] = [(bounds[i], bounds[i + 1]) for i in range(count)]
+    return out
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, plan_raw: dict, plan, shards: int | None):
+        self.ranges = ranges = layout(plan, shards, 1)
+        self.shards = {pop: [Shard(plan_raw, pop, i, a, b, len(rs)) for i, (a, b) in enumerate(rs)]
+                       for pop, rs in ranges.items()}
+
+    def call(self, population: str, method: str, *args) -> list:
+        return [getattr(s, method)(*args) for s in self.shards[population]]
+
+    def close(self) -> None:
+        self.shards = {}
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, plan_raw: dict, plan, shards: int | None, address: str | None = None):
+        import ray
+
+        self.ray = ray
+        self.started_ray = False
+        if not ray.is_initialized():
+            # Token auth would write ~/.ray/auth_token; a local, loopback-only Ray does not need it.
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            kwargs = {"address": address} if address else {"include_dashboard": False}
+            ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
+            self.started_ray = True
+        self.ranges = ranges = layout(plan, shards, int(ray.cluster_resources().get("CPU", 1)))
+        # num_cpus=0: we size the shard pool ourselves; actors asking 1 CPU each would queue forever
+        # once there are more shards than CPUs. No restarts yet: a dead shard fails the run loudly.
+        remote = ray.remote(num_cpus=0, max_restarts=0)(Shard)
+        plan_ref = ray.put(plan_raw)
+        self.actors = {pop: [remote.remote(plan_ref, pop, i, a, b, len(rs)) for i, (a, b) in enumerate(rs)]
+                       for pop, rs in ranges.items()}
+
+    def call(self, population: str, method: str, *args) -> list:
+        refs = [getattr(a, method).remote(*args) for a in self.actors[population]]
+        return self.ray.get(refs)
+
+    def close(self) -> None:
+        for actors in self.actors.values():
+            for a in actors:
+                self.ray.kill(a)
+        self.actors = {}
+        if self.started_ray:
+            self.ray.shutdown()
+
+
+def make_executor(kind: str, plan, shards: int | None = None, address: str | None = None):
+    if kind == "local":
+        return LocalExecutor(plan.raw, plan, shards)
+    if kind == "ray":
+        return RayExecutor(plan.raw, plan, shards, address or os.environ.get("RAY_ADDRESS"))
+    raise ValueError(f"unknown executor {kind!r}")

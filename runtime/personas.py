@@ -1,0 +1,163 @@
+"""Sample personas for a range of agents, vectorised; agent i's persona depends on (seed, i) only.
+
+In: a plan persona (fields in evaluation order), agent ids [start, stop), the seed, and a
+`write(model, prompts) -> texts` function for LLM-written fields. Out: columns by field name
+(numpy arrays; texts as object arrays whose equal values share one str object).
+"""
+from __future__ import annotations
+
+import csv
+import json
+from typing import Callable
+
+import numpy as np
+
+from . import rng
+from .vector import Context, Frame, evaluate, is_vector
+
+
+def _draw(dist: dict, seed: int, purpose: str, start: int, stop: int):
+    name, a = dist["name"], dist.get("args", {})
+    if name == "choice":
+        values = dist["values"]
+        codes = rng.block_draws(seed, purpose, start, stop,
+                                lambda g, n: g.choice(len(values), size=n, p=np.asarray(dist["weights"]) / sum(dist["weights"])))
+        table = np.empty(len(values), dtype=object if any(isinstance(v, str) for v in values) else None)
+        table[:] = values
+        return table[codes]
+    if name == "constant":
+        return np.full(stop - start, a.get("value"))
+    draw = {
+        "uniform": lambda g, n: g.uniform(a["low"], a["high"], n),
+        "uniform_int": lambda g, n: g.integers(int(a["low"]), int(a["high"]), n, endpoint=True),
+        "normal": lambda g, n: g.normal(a["mean"], a["sd"], n),
+        "lognormal": lambda g, n: g.lognormal(a["mean"], a["sigma"], n),
+        "beta": lambda g, n: g.beta(a["a"], a["b"], n),
+        "bernoulli": lambda g, n: g.random(n) < a["p"],
+        "poisson": lambda g, n: g.poisson(a["lam"], n),
+    }[name]
+    values = rng.block_draws(seed, purpose, start, stop, draw)
+    if "clamp" in a:
+        values = np.clip(values, a["clamp"][0], a["clamp"][1])
+    if "round" in a:
+        values = np.round(values, a["round"])
+        if a["round"] == 0:
+            values = values.astype(np.int64)
+    return values
+
+
+def sample(persona: dict | None, start: int, stop: int, seed: int,
+           write: Callable[[str, list[str]], list[str]] | None = None) -> dict:
+    """Columns for agents [start, stop) of one persona (a plan persona dict with `fields`)."""
+    ids = np.arange(start, stop, dtype=np.int64)
+    columns: dict = {}
+    types: dict = {}
+    if persona is None:
+        return columns
+    frame = Frame(columns=columns, ids=ids, types=types)
+    ctx = Context(seed=seed)
+    for f in persona["fields"]:
+        name, kind = f["name"], f["kind"]
+        purpose = f"persona:{persona['name']}.{name}"
+        types[name] = f["type"]
+        if kind == "sample":
+            columns[name] = _draw(f["dist"], seed, purpose, start, stop)
+        elif kind == "by":
+            on = columns[f["on"]]
+            default = f.get("default")
+            out = None
+            for i, case in enumerate(f["cases"] + ([{"key": None, "dist": default}] if default else [])):
+                values = _draw(case["dist"], seed, f"{purpose}#{i}", start, stop)
+                if out is None:
+                    out = np.zeros(stop - start, dtype=values.dtype if values.dtype != object else object)
+                    if out.dtype.kind == "f":
+                        out[:] = np.nan
+                mask = np.ones(stop - start, dtype=bool) if case["key"] is None else (on == case["key"])
+                if case["key"] is None:
+                    known = np.isin(on, [c["key"] for c in f["cases"]])
+                    mask = ~known
+                out[mask] = values[mask]
+            columns[name] = out
+        elif kind == "derive":
+            value = evaluate(f["expr"], frame, ctx)
+            columns[name] = value if is_vector(value) else np.full(stop - start, value,
+                                                                   dtype=object if isinstance(value, str) else None)
+            if isinstance(columns[name], list):
+                columns[name] = np.array(columns[name], dtype=object)
+        elif kind == "write":
+            columns[name] = _write(f, frame, ctx, write)
+        elif kind == "table":
+            for col, values in _table_rows(f, seed, purpose, start, stop).items():
+                columns[f"{name}.{col}"] = values
+                types[f"{name}.{col}"] = f.get("columns", {}).get(col, {"kind": "any"})
+    return columns
+
+
+def _write(f: dict, frame: Frame, ctx: Context, write) -> np.ndarray:
+    prompts = evaluate(f["template"], frame, ctx)
+    if not is_vector(prompts):
+        prompts = [prompts] * frame.size
+    if f.get("reuse_per") is not None:
+        # One text per distinct combination of the named fields: the first agent's prompt stands for it.
+        keys = list(zip(*(frame.columns[k].tolist() for k in f["reuse_per"]))) if f["reuse_per"] else [()] * frame.size
+        first: dict = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, prompts[i])
+        combos = sorted(first, key=repr)
+        texts = dict(zip(combos, write(f["model"], [first[k] for k in combos])))
+        out = np.empty(frame.size, dtype=object)
+        out[:] = [texts[k] for k in keys]
+        return out
+    distinct = sorted(set(prompts))
+    texts = dict(zip(distinct, write(f["model"], distinct)))
+    out = np.empty(frame.size, dtype=object)
+    out[:] = [texts[p] for p in prompts]
+    return out
+
+
+def _table_rows(f: dict, seed: int, purpose: str, start: int, stop: int) -> dict:
+    rows = read_table(f["path"])
+    if not rows:
+        raise ValueError(f"table {f['path']} has no rows")
+    n = stop - start
+    if f["mode"] == "in_order":
+        idx = np.arange(start, stop) % len(rows)
+    elif f["mode"] == "without":
+        if stop > len(rows):
+            raise ValueError(f"table {f['path']} has {len(rows)} rows, fewer than the agents sampled without replacement")
+        perm = np.random.Generator(np.random.Philox(key=[rng.key(seed, purpose), 0])).permutation(len(rows))
+        idx = perm[start:stop]
+    else:
+        idx = rng.block_draws(seed, purpose, start, stop, lambda g, k: g.integers(0, len(rows), k))
+    out = {}
+    for col in rows[0]:
+        values = [rows[i].get(col) for i in idx.tolist()]
+        arr = np.empty(n, dtype=object)
+        arr[:] = values
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            arr = np.asarray(values, dtype=float if any(isinstance(v, float) for v in values) else np.int64)
+        out[col] = arr
+    return out
+
+
+_TABLES: dict = {}
+
+
+def read_table(path: str) -> list[dict]:
+    if path not in _TABLES:
+        with open(path, encoding="utf-8", newline="") as fh:
+            if path.endswith(".csv"):
+                rows = [{k: _cell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+            else:
+                rows = [json.loads(line) for line in fh if line.strip()]
+        _TABLES[path] = rows
+    return _TABLES[path]
+
+
+def _cell(text):
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except (TypeError, ValueError):
+            pass
+    return text

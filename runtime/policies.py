@@ -1,0 +1,37 @@
+"""Rule-based policies for `provider = python` models: offline stand-ins for LLM agents.
+
+In: an AskBatch (agent ids, persona columns, loop variables and environment values). Out: one
+answer per agent. `level_k` plays "guess 2/3 of the average" with level-k reasoning whose depth
+comes from the persona, and anchors on the last winning number, so the average guess falls
+round by round as in the AgentScope paper's runs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Depth of reasoning by field of study: how many times a student applies "2/3 of what others do".
+_DEPTH = {"mathematics": 2.0, "economics": 2.0, "physics": 1.5, "computer science": 1.5, "history": 0.5, "art": 0.5}
+
+
+def level_k(batch) -> np.ndarray:
+    """Guess = anchor * ratio**k + noise; anchor is 50 in round one, then the last winning number."""
+    n = len(batch.ids)
+    game = next((v for v in batch.env.values() if isinstance(v, dict) and "ratio" in v), {})
+    ratio = float(game.get("ratio", 2 / 3))
+    winners = game.get("winners") or []
+    major = batch.persona.get("major")
+    depth = np.full(n, 1.0)
+    if major is not None:
+        depth = np.array([_DEPTH.get(m, 1.0) for m in major.tolist()])
+    curiosity = batch.persona.get("curiosity")
+    if curiosity is not None:
+        depth = depth + np.asarray(curiosity, dtype=float)  # beta(2, 5): adds ~0.3 on average
+    # Everyone reasons a little differently: +-0.5 levels of depth and a few points of noise.
+    depth = depth + batch.uniforms("level_k.depth") - 0.5
+    noise = (batch.uniforms("level_k.noise") - 0.5) * 10.0
+    anchor = float(winners[-1]) if winners else 50.0
+    guess = anchor * ratio ** np.clip(depth, 0.0, None) + noise
+    return np.clip(np.round(guess), 0, 100)
+
+
+level_k.populace_batch = True

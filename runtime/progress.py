@@ -1,0 +1,79 @@
+"""Show a run's progress on the terminal, from its events (the same fold the monitor uses).
+
+In: events, one at a time. Out: a rich live status on a terminal (step and iteration, agents done,
+agents per second, model calls, errors), plain lines otherwise, nothing with --quiet; and the
+summary table at the end.
+"""
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .events import RunState
+
+
+class Progress:
+    def __init__(self, quiet: bool = False, console: Console | None = None):
+        self.quiet = quiet
+        self.console = console or Console(stderr=True)
+        self.state = RunState()
+        self.live = None
+        self.tty = self.console.is_terminal
+
+    def __enter__(self):
+        if not self.quiet and self.tty:
+            self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def __call__(self, event: dict) -> None:
+        self.state.apply(event)
+        if self.quiet:
+            return
+        if self.live:
+            self.live.update(self._render())
+        elif event["type"] == "step_finished":
+            e = event
+            rate = f", {e['agents_per_second']:,.0f} agents/s" if e.get("agents_per_second") else ""
+            self.console.print(f"{e['step']}{e.get('iteration', '')}: {e.get('agents', 0):,} agents in "
+                               f"{e['seconds']:.2f}s{rate}" + (f", {e['errors']} errors" if e.get("errors") else ""),
+                               highlight=False)
+        elif event["type"] == "agent_errors":
+            first = event["samples"][0]
+            self.console.print(f"  {event['count']} agent errors, e.g. agent {first['agent']}: {first['error']}",
+                               highlight=False)
+        elif event["type"] == "run_failed":
+            self.console.print(f"run failed: {event['error']}", highlight=False)
+
+    def _render(self):
+        s = self.state
+        table = Table.grid(padding=(0, 2))
+        rate = s.agents_done / s.seconds if s.seconds else 0
+        table.add_row("step", s.current or "starting")
+        table.add_row("agents done", f"{s.agents_done:,}  ({rate:,.0f}/s)")
+        table.add_row("model calls", f"{s.calls:,}   tokens {s.tokens_in:,} in / {s.tokens_out:,} out")
+        table.add_row("errors", f"{s.errors:,}")
+        table.add_row("elapsed", f"{s.seconds:.1f}s")
+        return table
+
+
+def print_summary(summary: dict, console: Console | None = None) -> None:
+    console = console or Console(file=sys.stdout)
+    table = Table(title=f"{summary['scenario']}: {summary['status']}", show_header=False)
+    table.add_row("time", f"{summary['seconds']:.2f} s")
+    table.add_row("agents", f"{summary['agents']:,} in {sum(summary['shards'].values())} shard(s) on {summary['executor']}")
+    table.add_row("steps", f"{summary['steps']:,} ({summary['agent_steps']:,} agent-steps)")
+    table.add_row("model calls", f"{summary['calls']:,}")
+    table.add_row("tokens", f"{summary['tokens_in']:,} in / {summary['tokens_out']:,} out")
+    cost = summary["cost_usd"]
+    table.add_row("cost", "unknown (no price)" if cost is None else f"${cost:,.4f}")
+    table.add_row("agent errors", f"{summary['errors']:,}")
+    table.add_row("run directory", summary["run_dir"])
+    console.print(table)

@@ -1,0 +1,119 @@
+"""The run directory: everything a run leaves behind, written so a crash never fakes completeness.
+
+In: paths and data from the driver. Out: files under runs/<scenario>-<time>/ (or --run-dir):
+plan.json, events.jsonl (append-only, one JSON object per line), personas.parquet,
+asks/<step>/<iteration>.parquet, metrics.jsonl, summary.json. Whole files are written to a
+temporary name and renamed, so a file that exists is complete.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def new_run_dir(scenario: str, base: str = "runs") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(base, f"{scenario}-{stamp}")
+    suffix = 1
+    while os.path.exists(path):
+        suffix += 1
+        path = os.path.join(base, f"{scenario}-{stamp}-{suffix}")
+    return path
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def clean(value):
+    """NaN is not JSON: missing numbers are written as null."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean(v) for v in value]
+    if hasattr(value, "item") and not hasattr(value, "__len__"):
+        return clean(value.item())
+    return value
+
+
+def dumps(value) -> str:
+    return json.dumps(clean(value), sort_keys=True, default=_json_default, ensure_ascii=False)
+
+
+class RunDir:
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+        self._events = open(os.path.join(path, "events.jsonl"), "a", encoding="utf-8")
+        self._metrics = open(os.path.join(path, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def file(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        target = self.file(name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def write_json(self, name: str, value) -> None:
+        self.write_bytes(name, (json.dumps(clean(value), indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+
+    def write_tables(self, name: str, tables: list[pa.Table]) -> None:
+        """Shard tables, in agent order, as one Parquet file (a row group per shard)."""
+        target = self.file(name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=".parquet")
+        os.close(fd)
+        try:
+            schema = pa.unify_schemas([t.schema for t in tables])
+            with pq.ParquetWriter(tmp, schema) as writer:
+                for t in tables:
+                    if t.num_rows:
+                        writer.write_table(t.cast(schema))
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def event(self, event: dict) -> None:
+        # One write per line: a reader never sees half an event unless the process dies mid-write.
+        self._events.write(dumps(event) + "\n")
+        self._events.flush()
+
+    def metric(self, row: dict) -> None:
+        self._metrics.write(dumps(row) + "\n")
+        self._metrics.flush()
+
+    def close(self) -> None:
+        self._events.close()
+        self._metrics.close()
+
+
+def iteration_file(label: str) -> str:
+    """`[round=2]` -> `round=2`; the top level (no loop) -> `once`."""
+    text = label.strip("[]").replace(",", "_").replace(" ", "")
+    return re.sub(r"[^A-Za-z0-9_=.-]", "_", text) or "once"

@@ -1,0 +1,402 @@
+"""A shard: a contiguous range of one population's agents, held as columns, stepped all at once.
+
+In: the plan (JSON), the population, and the agent range [start, stop). Out: per step, small
+results for the driver: ask summaries with a pyarrow table of every agent's prompt hash, reply,
+value and error; partial aggregates (sums, counts, ...) instead of rows. The same class runs
+in-process (local executor) and inside a Ray actor (ray executor).
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pyarrow as pa
+
+from populace.compiler.plan import plan_from_dict
+from populace.compiler.plan.evaluate import EvalError, format_value
+
+from . import personas, rng
+from .models import AskBatch, ModelError, empty_values, make_model
+from .vector import Context, Frame, evaluate, is_vector, render_column
+
+MAX_ERROR_SAMPLES = 20
+
+
+class Shard:
+    def __init__(self, plan_raw: dict, population: str, index: int, start: int, stop: int, shards: int = 1):
+        self.plan = plan_from_dict(plan_raw)
+        self.population = population
+        self.index = index
+        self.shards = shards
+        self.start, self.stop = start, stop
+        self.seed = self.plan.seed
+        pop = self.plan.populations[population]
+        self.ids = np.arange(start, stop, dtype=np.int64)
+        self.models: dict = {}
+        persona = self.plan.raw["personas"].get(pop.persona) if pop.persona else None
+        self.columns = personas.sample(persona, start, stop, self.seed, write=self._write)
+        self.persona_fields = list(self.columns)
+        self.types = {f["name"]: f["type"] for f in (persona or {}).get("fields", [])}
+        for name, st in pop.state.items():
+            self.columns[name] = _filled(st["type"], st["default"], len(self.ids))
+            self.types[name] = st["type"]
+        for name, ty in pop.outputs.items():
+            self.columns[name] = empty_values(ty, len(self.ids))
+            self.types[name] = ty
+        # Agent kinds: mixture parts are contiguous id ranges.
+        self.kinds = []  # (agent name, local slice)
+        for part in pop.mixture:
+            lo, hi = max(part["start"], start), min(part["start"] + part["count"], stop)
+            if lo < hi:
+                self.kinds.append((part["agent"], slice(lo - start, hi - start)))
+        self.memory_limit = max([self.plan.agents[a].memory for a, _ in self.kinds] or [0])
+        k = self.memory_limit
+        n = len(self.ids)
+        self.mem_text = [np.full(n, None, dtype=object) for _ in range(2 * k)]  # prompt, reply per slot
+        self.mem_chars = np.zeros((2 * k, n), dtype=np.int32)
+        self.mem_count = np.zeros(n, dtype=np.int64)
+        self._interned: dict = {}
+
+    # ---------------------------------------------------------------- models
+    def model(self, name: str):
+        if name not in self.models:
+            self.models[name] = make_model(self.plan.raw["models"][name])
+        return self.models[name]
+
+    def _write(self, model_name: str, prompts: list[str]) -> list[str]:
+        return self.model(model_name).write(prompts, self.seed)
+
+    # ---------------------------------------------------------------- steps
+    def frame(self) -> Frame:
+        return Frame(columns=self.columns, ids=self.ids, types=self.types)
+
+    def _mask(self, where, frame, ctx) -> np.ndarray:
+        if where is None:
+            return np.ones(len(self.ids), dtype=bool)
+        value = evaluate(where, frame, ctx)
+        if is_vector(value):
+            return np.asarray(value, dtype=bool)
+        return np.full(len(self.ids), bool(value))
+
+    def ask(self, step: dict, context: dict) -> dict:
+        ctx = Context(**context)
+        frame = self.frame()
+        mask = self._mask(step["where"], frame, ctx)
+        prompt = evaluate(step["prompt"], frame, ctx)
+        out_name, out_type = step["output"]["name"], step["output"]["type"]
+        column = self.columns.get(out_name)
+        if column is None:
+            column = self.columns[out_name] = empty_values(out_type, len(self.ids))
+            self.types[out_name] = out_type
+        ids_parts, hash_parts, reply_parts, error_parts, value_index = [], [], [], [], []
+        summary = {"agents": 0, "errors": 0, "calls": 0, "tokens_in": 0, "tokens_out": 0, "error_samples": []}
+        for agent_name, local in self.kinds:
+            sel = np.flatnonzero(mask[local]) + local.start
+            if not len(sel):
+                continue
+            agent = self.plan.agents[agent_name]
+            model_name = step["model"] or agent.model
+            model = self.model(model_name)
+            system = self._system(agent, frame, ctx, sel)
+            sub_prompt = [prompt[i] for i in sel.tolist()] if is_vector(prompt) else prompt
+            batch = AskBatch(
+                ids=self.ids[sel], prompt=sub_prompt, system=system, memory_chars=self._memory_chars(sel),
+                output=out_type, where=ctx.where, seed=self.seed,
+                persona={k: self.columns[k][sel] for k in self.persona_fields},
+                state={k: self.columns[k][sel] for k in self.plan.populations[self.population].state},
+                variables=ctx.variables, env=ctx.env, memory=lambda i, sel=sel: self.memory_of(int(sel[i])),
+                shards=self.shards,
+            )
+            answers = model.ask(batch)
+            column[sel] = answers.values
+            replies = answers.replies if answers.replies is not None else render_column(answers.values, out_type)
+            self._remember(sel, sub_prompt, replies)
+            ids_parts.append(self.ids[sel])
+            if isinstance(sub_prompt, str):
+                hash_parts.append(np.full(len(sel), rng.text_hash(sub_prompt), dtype=np.int64))
+            else:
+                cache: dict = {}
+                hash_parts.append(np.fromiter((cache[p] if p in cache else cache.setdefault(p, rng.text_hash(p))
+                                               for p in sub_prompt), dtype=np.int64, count=len(sel)))
+            reply_parts.extend(r if e is None or answers.replies is not None else None
+                               for r, e in zip(replies, answers.errors))
+            error_parts.extend(answers.errors)
+            value_index.append(sel)
+            n_err = sum(e is not None for e in answers.errors)
+            summary["agents"] += len(sel)
+            summary["errors"] += n_err
+            summary["calls"] += answers.calls
+            summary["tokens_in"] += answers.tokens_in
+            summary["tokens_out"] += answers.tokens_out
+            summary.setdefault("by_model", {}).setdefault(model_name, [0, 0, 0])
+            counts = summary["by_model"][model_name]
+            counts[0] += answers.calls
+            counts[1] += answers.tokens_in
+            counts[2] += answers.tokens_out
+            if n_err and len(summary["error_samples"]) < MAX_ERROR_SAMPLES:
+                for i, e in enumerate(answers.errors):
+                    if e is not None:
+                        summary["error_samples"].append({"agent": int(self.ids[sel[i]]), "error": e})
+                        if len(summary["error_samples"]) >= MAX_ERROR_SAMPLES:
+                            break
+        sel_all = np.concatenate(value_index) if value_index else np.zeros(0, dtype=np.int64)
+        summary["table"] = pa.table({
+            "agent": pa.array(np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64), pa.int64()),
+            "prompt_hash": pa.array(np.concatenate(hash_parts) if hash_parts else np.zeros(0, np.int64), pa.int64()),
+            "reply": pa.array(reply_parts, pa.string()),
+            "value": arrow_values(column[sel_all], out_type),
+            "error": pa.array(error_parts, pa.string()),
+        })
+        return summary
+
+    def _system(self, agent, frame, ctx, sel):
+        if agent.system is None:
+            return None
+        value = evaluate(agent.system, frame, ctx)
+        return [value[i] for i in sel.tolist()] if is_vector(value) else value
+
+    # ---------------------------------------------------------------- memory
+    def _memory_chars(self, sel: np.ndarray) -> np.ndarray:
+        if not self.memory_limit:
+            return np.zeros(len(sel), dtype=np.int64)
+        return self.mem_chars[:, sel].sum(axis=0).astype(np.int64)
+
+    def _intern(self, text):
+        if text is None or len(text) > 64:
+            return text
+        return self._interned.setdefault(text, text)
+
+    def _remember(self, sel: np.ndarray, prompts, replies) -> None:
+        """Push (prompt, reply) into the ring of the last `memory` entries of each selected agent."""
+        k = self.memory_limit
+        if not k or not len(sel):
+            return
+        slots = (self.mem_count[sel] % k) * 2
+        prompt_list = prompts if isinstance(prompts, list) else None
+        for slot in np.unique(slots).tolist():
+            which = slots == slot
+            agents = sel[which]
+            idx = np.flatnonzero(which)
+            if prompt_list is None:
+                self.mem_text[slot][agents] = prompts
+                self.mem_chars[slot, agents] = len(prompts)
+            else:
+                texts = [prompt_list[i] for i in idx.tolist()]
+                self.mem_text[slot][agents] = texts
+                self.mem_chars[slot, agents] = [len(t) for t in texts]
+            if replies is None:
+                self.mem_text[slot + 1][agents] = None
+                self.mem_chars[slot + 1, agents] = 0
+            else:
+                texts = [self._intern(replies[i]) for i in idx.tolist()]
+                self.mem_text[slot + 1][agents] = texts
+                self.mem_chars[slot + 1, agents] = [len(t) if t else 0 for t in texts]
+        self.mem_count[sel] += 1
+
+    def memory_of(self, local: int) -> list:
+        """One agent's memory, oldest first: ("user", text) and ("assistant", reply) entries."""
+        k = self.memory_limit
+        count = int(self.mem_count[local])
+        out = []
+        for j in range(max(0, count - k), count):
+            slot = (j % k) * 2
+            out.append(("user", self.mem_text[slot][local]))
+            reply = self.mem_text[slot + 1][local]
+            if reply is not None:
+                out.append(("assistant", reply))
+        return out
+
+    def tell(self, step: dict, context: dict) -> int:
+        """Deliver a message into the memory of this shard's receivers; return how many got it."""
+        ctx = Context(**context)
+        frame = self.frame()
+        target = step["target"]
+        if target["kind"] == "agent":
+            index = int(evaluate(target["index"], frame, ctx))
+            local = index - self.start
+            if not 0 <= local < len(self.ids):
+                return 0
+            message = evaluate(step["message"], frame, ctx)
+            self._remember(np.array([local]), message if isinstance(message, str) else message[local], None)
+            return 1
+        if target["kind"] != "population":
+            raise EvalError(f"telling {target['kind']} is not supported by this runtime yet")
+        mask = self._mask(step.get("where"), frame, ctx)
+        sel = np.flatnonzero(mask)
+        message = evaluate(step["message"], frame, ctx)
+        self._remember(sel, [message[i] for i in sel.tolist()] if is_vector(message) else message, None)
+        return int(len(sel))
+
+    def broadcast(self, message: str) -> int:
+        self._remember(np.arange(len(self.ids)), message, None)
+        return len(self.ids)
+
+    # ---------------------------------------------------------------- state and aggregates
+    def set_state(self, step: dict, context: dict) -> int:
+        ctx = Context(**context)
+        frame = self.frame()
+        mask = self._mask(step["where"], frame, ctx)
+        value = evaluate(step["value"], frame, ctx)
+        column = self.columns[step["field"]]
+        new = np.asarray(value)[mask] if is_vector(value) else value
+        op = step["operator"]
+        if op == "=":
+            column[mask] = new
+        else:
+            old = column[mask]
+            column[mask] = {"+=": np.add, "-=": np.subtract, "*=": np.multiply, "/=": np.divide}[op](old, new)
+        return int(mask.sum())
+
+    def partials(self, specs: list[dict], context: dict) -> list:
+        ctx = Context(**context)
+        frame = self.frame()
+        return [partial(spec, evaluate(spec["arg"], frame, ctx), len(self.ids)) for spec in specs]
+
+    # ---------------------------------------------------------------- inspection
+    def inspect(self, agent_id: int) -> dict | None:
+        local = agent_id - self.start
+        if not 0 <= local < len(self.ids):
+            return None
+        return {
+            "id": agent_id,
+            "kind": next(a for a, s in self.kinds if s.start <= local < s.stop),
+            "persona": {k: _py(self.columns[k][local]) for k in self.persona_fields},
+            "values": {k: _py(v[local]) for k, v in self.columns.items() if k not in self.persona_fields},
+            "memory": self.memory_of(local) if self.memory_limit else [],
+        }
+
+    def persona_table(self) -> pa.Table:
+        cols = {"agent": pa.array(self.ids, pa.int64())}
+        for k in self.persona_fields:
+            cols[k] = arrow_values(self.columns[k], self.types.get(k, {"kind": "any"}))
+        return pa.table(cols)
+
+    def stats(self) -> dict:
+        return {"population": self.population, "shard": self.index, "agents": len(self.ids),
+                "bytes": self.nbytes()}
+
+    def nbytes(self) -> int:
+        total, seen = 0, set()
+        arrays = list(self.columns.values()) + self.mem_text + [self.mem_chars, self.mem_count, self.ids]
+        for arr in arrays:
+            arr = np.asarray(arr)
+            total += arr.nbytes
+            if arr.dtype == object:
+                for x in arr.tolist():
+                    if x is not None and id(x) not in seen:
+                        seen.add(id(x))
+                        total += sys.getsizeof(x)
+        return total
+
+
+def _filled(ty: dict, value, n: int) -> np.ndarray:
+    kind = ty["kind"]
+    if kind == "int":
+        return np.full(n, value, dtype=np.int64)
+    if kind == "float":
+        return np.full(n, value, dtype=np.float64)
+    if kind == "bool":
+        return np.full(n, bool(value), dtype=bool)
+    arr = np.empty(n, dtype=object)
+    arr[:] = [value] * n if isinstance(value, (list, dict)) else value
+    return arr
+
+
+def _py(v):
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def arrow_values(values: np.ndarray, ty: dict) -> pa.Array:
+    """A column of typed values for Parquet: ints and bools with nulls where the value is missing."""
+    kind = ty.get("kind")
+    arr = np.asarray(values)
+    if kind in ("int", "bool") and arr.dtype.kind == "f":
+        missing = np.isnan(arr)
+        filled = np.where(missing, 0, arr)
+        return pa.array(filled.astype(np.int64 if kind == "int" else bool), mask=missing)
+    if kind == "float":
+        return pa.array(arr.astype(np.float64), mask=np.isnan(arr.astype(np.float64)))
+    if arr.dtype.kind in "iub":
+        return pa.array(arr)
+    if kind in ("list", "record", "any"):
+        import json
+
+        return pa.array([None if v is None else json.dumps(_py(v), sort_keys=True, default=str) for v in arr.tolist()],
+                        pa.string())
+    return pa.array([None if v is None else str(v) for v in arr.tolist()], pa.string())
+
+
+# ------------------------------------------------------------------ map-reduce aggregates
+def partial(spec: dict, values, n: int):
+    """One shard's partial result for an aggregate; `combine` reduces partials to the value."""
+    fn = spec["agg"]
+    arr = np.asarray(values) if is_vector(values) else np.full(n, values)
+    if arr.dtype == object:
+        present = arr[np.array([v is not None for v in arr.tolist()], dtype=bool)] if len(arr) else arr
+        if fn == "count":
+            return int(len(present))
+        if fn in ("min", "max"):
+            return (min(present.tolist()) if fn == "min" else max(present.tolist())) if len(present) else None
+        arr = np.asarray([float(v) for v in present.tolist()], dtype=float)
+    arr = arr.astype(np.float64)
+    present = arr[~np.isnan(arr)]
+    if fn == "count":
+        return int(len(present))
+    if fn in ("mean", "sum"):
+        return (float(present.sum()), int(len(present)))
+    if fn == "share":
+        return (float((present != 0).sum()), int(len(present)))
+    if fn == "std":
+        return (int(len(present)), float(present.sum()), float((present ** 2).sum()))
+    if fn in ("min", "max"):
+        return (float(present.min()) if fn == "min" else float(present.max())) if len(present) else None
+    if fn == "histogram" and "low" in spec["params"] and "high" in spec["params"]:
+        p = spec["params"]
+        counts, _ = np.histogram(present, bins=int(p["bins"]), range=(p["low"], p["high"]))
+        return counts.astype(np.int64)
+    return present  # median, quantile, histogram without a range: the values themselves
+
+
+def combine(spec: dict, parts: list):
+    fn, params = spec["agg"], spec["params"]
+    if fn == "count":
+        return int(sum(parts))
+    if fn == "mean":
+        total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        return total / count if count else float("nan")
+    if fn == "sum":
+        total = sum(p[0] for p in parts)
+        return int(total) if float(total).is_integer() and spec.get("int") else total
+    if fn == "share":
+        t, c = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        return t / c if c else float("nan")
+    if fn == "std":
+        n, s, ss = (sum(p[i] for p in parts) for i in range(3))
+        return float(np.sqrt(max(ss / n - (s / n) ** 2, 0.0))) if n else float("nan")
+    if fn in ("min", "max"):
+        present = [p for p in parts if p is not None]
+        return (min(present) if fn == "min" else max(present)) if present else None
+    if fn == "histogram":
+        bins = int(params["bins"])
+        if "low" in params and "high" in params:
+            counts = np.sum(parts, axis=0) if parts else np.zeros(bins, dtype=np.int64)
+            edges = np.linspace(params["low"], params["high"], bins + 1)
+        else:
+            values = np.concatenate(parts) if parts else np.zeros(0)
+            counts, edges = np.histogram(values, bins=bins)
+        return {"counts": [int(c) for c in counts], "edges": [round(float(e), 6) for e in edges]}
+    values = np.concatenate(parts) if parts else np.zeros(0)
+    if not len(values):
+        return float("nan")
+    if fn == "median":
+        return float(np.median(values))
+    if fn == "quantile":
+        return float(np.quantile(values, params["q"]))
+    raise EvalError(f"unknown aggregate {fn}")
+
+
+__all__ = ["Shard", "partial", "combine", "ModelError", "format_value"]
