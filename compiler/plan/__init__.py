@@ -58,8 +58,32 @@ def schema_errors(plan) -> list[PlanError]:
     """Every schema violation, sorted by JSON path."""
     errors = []
     for err in _validator().iter_errors(plan):
-        errors.append(PlanError(err.message if len(err.message) < 300 else err.message[:297] + "...", err.json_path))
+        message, path = _deepest(err)
+        errors.append(PlanError(message if len(message) < 300 else message[:297] + "...", path))
     return sorted(errors, key=lambda e: e.path)
+
+
+def _deepest(err) -> tuple[str, str]:
+    """(message, JSON path) of the deepest error under a oneOf/anyOf, so a step that fails deep inside says where.
+
+    The branch meant (say the `ask` step) fails deepest; the others fail at the top (another `op`).
+    """
+    context = list(err.context or ())
+    wrong_op = {sub.relative_schema_path[0] for sub in context if sub.validator == "const"
+                and sub.relative_path and sub.relative_path[-1] == "op"}  # branches for another kind of step
+    branches = {sub.relative_schema_path[0] for sub in context}
+    if context and wrong_op == branches:
+        return f"unknown op {err.instance.get('op')!r}", err.json_path + ".op"
+    meant = [sub for sub in context if sub.relative_schema_path[0] not in wrong_op]
+    one_branch = len({sub.relative_schema_path[0] for sub in meant}) == 1
+    best = (err.message, err.json_path)
+    best_depth = err.json_path.count(".") + err.json_path.count("[")
+    for sub in meant or context:
+        message, path = _deepest(sub)
+        depth = path.count(".") + path.count("[")
+        if depth > best_depth or (one_branch and best[1] == err.json_path and best[0] == err.message):
+            best, best_depth = (message, path), depth
+    return best
 
 
 def validate_plan(plan) -> None:
