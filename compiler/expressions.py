@@ -509,6 +509,8 @@ class Checker:
                "histogram": Ty("record", fields=(("counts", list_of(INT)), ("edges", list_of(FLOAT))))}[name]
         if out.kind == "enum":
             out = STR
+        if name in ("sum", "min", "max") and elem.kind in ("int", "bool"):
+            params["int"] = True  # the runtime keeps whole-number results whole
         agg = {"agg": name, "arg": ir, "pop": self._pop_of(ty), "params": params}
         if via:
             agg["via"] = via

@@ -166,7 +166,9 @@ class Driver:
                 self.block(step["body"], inner, self._label(label, step["var"] or "i", i))
             except BreakLoop:
                 break
-            variables.update({k: v for k, v in inner.items() if k in variables})
+            finally:
+                # Assignments to variables declared outside the loop outlive the iteration.
+                variables.update({k: v for k, v in inner.items() if k in variables and k != step["var"]})
 
     def op_for(self, step, variables, label):
         items = self.value(step["iterable"], variables, step)
@@ -176,7 +178,8 @@ class Driver:
                 self.block(step["body"], inner, self._label(label, step["var"], item if isinstance(item, (int, float, str)) else i))
             except BreakLoop:
                 break
-            variables.update({k: v for k, v in inner.items() if k in variables})
+            finally:
+                variables.update({k: v for k, v in inner.items() if k in variables and k != step["var"]})
 
     def op_if(self, step, variables, label):
         for branch in step["branches"]:

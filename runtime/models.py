@@ -250,6 +250,8 @@ def validate(raw, output: dict):
         bad = np.isnan(nums)
         if kind == "int":
             bad |= ~np.isnan(nums) & (nums != np.round(nums))
+        if kind == "bool":
+            bad |= ~np.isnan(nums) & (nums != 0) & (nums != 1)
         if "min" in output:
             bad |= nums < output["min"]
         if "max" in output:

@@ -370,7 +370,7 @@ def combine(spec: dict, parts: list):
         return total / count if count else float("nan")
     if fn == "sum":
         total = sum(p[0] for p in parts)
-        return int(total) if float(total).is_integer() and spec.get("int") else total
+        return int(total) if params.get("int") else total
     if fn == "share":
         t, c = sum(p[0] for p in parts), sum(p[1] for p in parts)
         return t / c if c else float("nan")
@@ -379,7 +379,8 @@ def combine(spec: dict, parts: list):
         return float(np.sqrt(max(ss / n - (s / n) ** 2, 0.0))) if n else float("nan")
     if fn in ("min", "max"):
         present = [p for p in parts if p is not None]
-        return (min(present) if fn == "min" else max(present)) if present else None
+        value = (min(present) if fn == "min" else max(present)) if present else None
+        return int(value) if params.get("int") and isinstance(value, float) else value
     if fn == "histogram":
         bins = int(params["bins"])
         if "low" in params and "high" in params:

@@ -49,7 +49,8 @@ def ray_session():
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
+        # Workers import test policies (policies_for_tests) from the tests folder.
         ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
-                 log_to_driver=False)
+                 log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent)}})
     yield ray
     ray.shutdown()

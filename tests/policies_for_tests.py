@@ -1,0 +1,13 @@
+"""Python policies used by the runtime tests (loaded by `provider = python` models)."""
+
+
+def by_age(agent):
+    """Per-agent policy: answer from the persona; fail for agents whose id ends in 7."""
+    if agent["id"] % 10 == 7:
+        raise RuntimeError(f"policy refused agent {agent['id']}")
+    return min(100, agent["persona"]["age"] + len(agent["memory"]))
+
+
+def out_of_range(agent):
+    """Returns an invalid answer for even ids: recorded as an error, value missing."""
+    return 500 if agent["id"] % 2 == 0 else 5
