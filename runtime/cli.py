@@ -196,7 +196,17 @@ def _with_seed(raw: dict, seed: int) -> dict:
     return raw
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "fmt": cmd_fmt, "compile": cmd_compile}
+def cmd_explain(args) -> int:
+    from populace.compiler import compile_file
+    from populace.compiler.explain import explain
+
+    compiled = compile_file(args.file, args.overrides)
+    _print_warnings(compiled)
+    sys.stdout.write(explain(compiled))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "fmt": cmd_fmt, "compile": cmd_compile, "explain": cmd_explain}
 
 if __name__ == "__main__":
     sys.exit(main())

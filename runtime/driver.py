@@ -255,7 +255,17 @@ class Driver:
                    "population": pop, "agents": self.plan.populations[pop].size})
         began = time.monotonic()
         context = self.context(variables, step, label, exprs)
-        results = self.executor.call(pop, method, step, context)
+        done = {"agents": 0}
+        size = self.plan.populations[pop].size
+
+        def shard_done(index, result):
+            a, b = self.executor.ranges[pop][index]
+            done["agents"] += b - a
+            self.emit({"type": "shard_finished", "step": step["id"], "iteration": label, "population": pop,
+                       "shard": index, "agents_done": done["agents"], "agents_total": size,
+                       "errors": result["errors"] if isinstance(result, dict) else 0})
+
+        results = self.executor.call(pop, method, step, context, on_done=shard_done)
         seconds = time.monotonic() - began
         event = {"type": "step_finished", "step": step["id"], "iteration": label, "op": step["op"], "population": pop,
                  "seconds": round(seconds, 4)}

@@ -19,6 +19,9 @@ class RunState:
     shards: dict = field(default_factory=dict)  # population -> shard count
     agents: dict = field(default_factory=dict)  # population -> size
     current: str = ""  # step id and iteration now running
+    step_done: int = 0  # agents of the current step whose shard has finished
+    step_total: int = 0
+    shards_done: dict = field(default_factory=dict)
     steps_done: int = 0
     agents_done: int = 0
     calls: int = 0
@@ -40,6 +43,12 @@ class RunState:
             self.shards, self.agents = e["shards"], e["agents"]
         elif kind == "step_started":
             self.current = e["step"] + e.get("iteration", "")
+            self.step_total = e.get("agents", 0)
+            self.step_done = 0
+        elif kind == "shard_finished":
+            self.step_done = e["agents_done"]
+            self.step_total = e["agents_total"]
+            self.shards_done[f"{e['population']}/{e['shard']}"] = e["agents_done"]
         elif kind == "step_finished":
             self.steps_done += 1
             self.agents_done += e.get("agents", 0)

@@ -32,8 +32,15 @@ class LocalExecutor:
         self.shards = {pop: [Shard(plan_raw, pop, i, a, b, len(rs)) for i, (a, b) in enumerate(rs)]
                        for pop, rs in ranges.items()}
 
-    def call(self, population: str, method: str, *args) -> list:
-        return [getattr(s, method)(*args) for s in self.shards[population]]
+    def call(self, population: str, method: str, *args, on_done=None) -> list:
+        """Call `method` on every shard of `population`; results in shard order.
+        `on_done(shard_index, result)` is told as each shard finishes (for progress)."""
+        results = []
+        for i, s in enumerate(self.shards[population]):
+            results.append(getattr(s, method)(*args))
+            if on_done:
+                on_done(i, results[-1])
+        return results
 
     def close(self) -> None:
         self.shards = {}
@@ -61,9 +68,19 @@ class RayExecutor:
         self.actors = {pop: [remote.remote(plan_ref, pop, i, a, b, len(rs)) for i, (a, b) in enumerate(rs)]
                        for pop, rs in ranges.items()}
 
-    def call(self, population: str, method: str, *args) -> list:
+    def call(self, population: str, method: str, *args, on_done=None) -> list:
         refs = [getattr(a, method).remote(*args) for a in self.actors[population]]
-        return self.ray.get(refs)
+        if on_done is None:
+            return self.ray.get(refs)
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            ready, pending = self.ray.wait(pending, num_returns=1)
+            i = index[ready[0]]
+            results[i] = self.ray.get(ready[0])
+            on_done(i, results[i])
+        return results
 
     def close(self) -> None:
         for actors in self.actors.values():

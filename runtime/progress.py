@@ -57,6 +57,10 @@ class Progress:
         table = Table.grid(padding=(0, 2))
         rate = s.agents_done / s.seconds if s.seconds else 0
         table.add_row("step", s.current or "starting")
+        if s.step_total:
+            width = 30
+            filled = int(width * s.step_done / s.step_total)
+            table.add_row("this step", f"[{'#' * filled}{'.' * (width - filled)}] {s.step_done:,} / {s.step_total:,} agents")
         table.add_row("agents done", f"{s.agents_done:,}  ({rate:,.0f}/s)")
         table.add_row("model calls", f"{s.calls:,}   tokens {s.tokens_in:,} in / {s.tokens_out:,} out")
         table.add_row("errors", f"{s.errors:,}")

@@ -203,3 +203,36 @@ def test_memory_keeps_the_last_entries(tmp_path):
     assert shard.memory_of(3) == [("user", "two"), ("user", "three")]  # memory = last 2
     assert shard.memory_of(4) == [("user", "one"), ("user", "three")]
     assert shard.inspect(3)["persona"]["age"] >= 20
+
+
+def test_run_state_folds_the_events_of_a_run(flagship_runs):
+    from populace.runtime.events import RunState, read_events
+
+    summary, _, run_dir = flagship_runs["ray-2"]
+    events = read_events(str(run_dir / "events.jsonl"))
+    state = RunState.from_events(events)
+    assert state.status == "finished" and state.executor == "ray" and state.shards == {"players": 2}
+    assert state.agents_done == summary["agent_steps"] == 9000 and state.calls == summary["calls"]
+    assert len(state.records) == 3 and state.records[-1]["round"] == 3
+    shard_events = [e for e in events if e["type"] == "shard_finished"]
+    assert len(shard_events) == 6 and {e["agents_done"] for e in shard_events} >= {3000}
+    # a torn last line (a crash mid-write) is skipped, not fatal
+    torn = run_dir / "torn.jsonl"
+    torn.write_text((run_dir / "events.jsonl").read_text() + '{"type": "step_sta')
+    assert len(read_events(str(torn))) == len(events)
+
+
+def test_progress_prints_plain_lines_off_a_terminal(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from populace.runtime.progress import Progress
+
+    out = io.StringIO()
+    plan = plan_from_dict(compile_file(str(FLAGSHIP), ["players=200"]).plan)
+    with Progress(console=Console(file=out, force_terminal=False)) as progress:
+        run_plan(plan, executor="local", run_dir=str(tmp_path / "p"), listener=progress)
+    lines = out.getvalue().splitlines()
+    assert [line.split("[")[0] for line in lines] == ["step:ask.guess"] * 3
+    assert "200 agents" in lines[0]

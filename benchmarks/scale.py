@@ -1,0 +1,100 @@
+"""Scale benchmark: the flagship scenario on Ray for 10k, 100k and 1M players x 3 rounds.
+
+Runs `populace run examples/guess_two_thirds.pop --set players=N` in a fresh process per size
+(Ray start-up included) and prints: wall time end to end, run time (from summary.json),
+agent-steps per second, the peak memory of all our processes together (the driver, Ray's
+daemons and the shard workers: the sum of their proportional set sizes, sampled every 0.25 s
+from /proc, Linux only) and that peak divided by the number of agents.
+
+    python benchmarks/scale.py [--sizes 10000,100000,1000000] [--executor ray] [--model level_k]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def pss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def measure(size: int, executor: str, extra: list[str]) -> dict:
+    run_dir = tempfile.mkdtemp(prefix=f"populace-scale-{size}-")
+    cmd = [sys.executable, "-m", "populace.runtime.cli", "run", str(ROOT / "examples" / "guess_two_thirds.pop"),
+           "--set", f"players={size}", "--executor", executor, "--quiet", "--run-dir", run_dir, *extra]
+    peak = 0
+    began = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, sum(pss_bytes(p) for p in descendants(proc.pid)))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - began
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed for {size}: {err.decode()[-2000:]}")
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    return {"players": size, "wall_s": wall, "run_s": summary["seconds"], "agent_steps": summary["agent_steps"],
+            "steps_per_s": summary["agent_steps"] / summary["seconds"], "peak_bytes": peak,
+            "bytes_per_agent": peak / size, "shards": sum(summary["shards"].values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--executor", default="ray")
+    parser.add_argument("--model", default=None, help="replace the agent's model (e.g. a mock model)")
+    args = parser.parse_args()
+    extra = []
+    print(f"flagship scenario, 3 rounds, executor={args.executor}, {os.cpu_count()} CPUs")
+    print(f"{'players':>10} {'wall s':>8} {'run s':>8} {'agent-steps/s':>14} {'peak MiB':>9} {'bytes/agent':>12} {'shards':>6}")
+    for size in (int(s) for s in args.sizes.split(",")):
+        r = measure(size, args.executor, extra)
+        print(f"{r['players']:>10,} {r['wall_s']:>8.1f} {r['run_s']:>8.1f} {r['steps_per_s']:>14,.0f} "
+              f"{r['peak_bytes'] / 2**20:>9,.0f} {r['bytes_per_agent']:>12,.0f} {r['shards']:>6}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
