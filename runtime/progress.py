@@ -44,13 +44,13 @@ class Progress:
             rate = f", {e['agents_per_second']:,.0f} agents/s" if e.get("agents_per_second") else ""
             self.console.print(f"{e['step']}{e.get('iteration', '')}: {e.get('agents', 0):,} agents in "
                                f"{e['seconds']:.2f}s{rate}" + (f", {e['errors']} errors" if e.get("errors") else ""),
-                               highlight=False)
+                               highlight=False, markup=False)
         elif event["type"] == "agent_errors":
             first = event["samples"][0]
             self.console.print(f"  {event['count']} agent errors, e.g. agent {first['agent']}: {first['error']}",
-                               highlight=False)
+                               highlight=False, markup=False)
         elif event["type"] == "run_failed":
-            self.console.print(f"run failed: {event['error']}", highlight=False)
+            self.console.print(f"run failed: {event['error']}", highlight=False, markup=False)
 
     def _render(self):
         s = self.state
