@@ -11,6 +11,7 @@ import sys
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from .events import RunState
 
@@ -56,11 +57,11 @@ class Progress:
         s = self.state
         table = Table.grid(padding=(0, 2))
         rate = s.agents_done / s.seconds if s.seconds else 0
-        table.add_row("step", s.current or "starting")
+        table.add_row("step", Text(s.current or "starting"))
         if s.step_total:
             width = 30
             filled = int(width * s.step_done / s.step_total)
-            table.add_row("this step", f"[{'#' * filled}{'.' * (width - filled)}] {s.step_done:,} / {s.step_total:,} agents")
+            table.add_row("this step", Text(f"[{'#' * filled}{'.' * (width - filled)}] {s.step_done:,} / {s.step_total:,} agents"))
         table.add_row("agents done", f"{s.agents_done:,}  ({rate:,.0f}/s)")
         table.add_row("model calls", f"{s.calls:,}   tokens {s.tokens_in:,} in / {s.tokens_out:,} out")
         table.add_row("errors", f"{s.errors:,}")
@@ -79,5 +80,5 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     cost = summary["cost_usd"]
     table.add_row("cost", "unknown (no price)" if cost is None else f"${cost:,.4f}")
     table.add_row("agent errors", f"{summary['errors']:,}")
-    table.add_row("run directory", summary["run_dir"])
+    table.add_row("run directory", Text(summary["run_dir"]))
     console.print(table)
