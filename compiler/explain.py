@@ -1,0 +1,430 @@
+"""Explain a compiled plan for people: what will run, how many LLM calls, tokens and dollars.
+
+In: a Compiled (or a plan dict). Out: plain text, deterministic (a golden test compares it): the
+populations with sizes, kinds, models and shard limit; the steps in order with loop counts; for each
+`ask` and each persona `write`, the agents asked, calls per model, estimated input and output tokens,
+cost, and how many distinct prompts remain after de-duplication; totals at the end.
+
+Estimates, not measurements: a token is 4 characters; an interpolated value counts as a typical size
+for its type; memory holds the last N exchanges of the same size as this one; a free-text answer
+uses the model's max_tokens. Loop counts multiply when they are known before the run.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from .types import describe, from_json
+
+CHARS_PER_TOKEN = 4
+VALUE_CHARS = {"int": 4, "float": 6, "bool": 5, "none": 4, "list": 60, "record": 80, "any": 20}
+TEXT_CHARS = 400  # a str value: a written background, a post
+SHORT_ANSWER_TOKENS = {"int": 4, "float": 6, "bool": 3, "enum": 4, "list": 40, "record": 60}
+DEFAULT_MAX_TOKENS = 256
+MAX_CATEGORIES = 1000  # an int range wider than this is not a category
+
+
+@dataclass
+class _Usage:
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    cost_known: bool = True
+
+
+@dataclass
+class _Explainer:
+    plan: dict
+    lines: list = field(default_factory=list)
+    usage: dict = field(default_factory=dict)  # model -> _Usage
+    bounded: bool = True  # False once a count is unknown before the run (totals are then per known part)
+
+    # ---------------------------------------------------------------- expression text
+    def text(self, ir) -> str:
+        """Readable text of a plan expression, without parentheses around the whole."""
+        text = self._text(ir)
+        if text.startswith("(") and text.endswith(")"):
+            depth = 0
+            for i, ch in enumerate(text):
+                depth += {"(": 1, ")": -1}.get(ch, 0)
+                if depth == 0 and i < len(text) - 1:
+                    return text  # `(a) + (b)`: the first paren closes early
+            return text[1:-1]
+        return text
+
+    def _text(self, ir) -> str:
+        if not isinstance(ir, dict):
+            return json.dumps(ir)
+        if "lit" in ir:
+            return "none" if ir["lit"] is None else json.dumps(ir["lit"])
+        if "var" in ir:
+            return ir["var"]
+        if "env" in ir and "field" in ir:
+            return f"{ir['env']}.{ir['field']}"
+        if "col" in ir:
+            owner = ir.get("pop") or "persona"
+            owner = "persona" if owner.startswith("agent:") or ir.get("src") == "persona" and "pop" not in ir else owner
+            if "via" in ir:
+                via = ir["via"]
+                owner = f"neighbors({via['neighbors']})" if "neighbors" in via else via["group"]
+            return f"{owner}.{ir['col']}"
+        if "agg" in ir:
+            extra = "".join(f", {k} = {json.dumps(v)}" for k, v in sorted(ir["params"].items()))
+            return f"{ir['agg']}({self.text(ir['arg'])}{extra})"
+        if "op" in ir:
+            args = [self._text(a) for a in ir["args"]]
+            if ir["op"] == "neg":
+                return f"-{args[0]}"
+            if ir["op"] == "not":
+                return f"not {args[0]}"
+            return f"({args[0]} {ir['op']} {args[1]})"
+        if "call" in ir:
+            return f"{ir['call']}({', '.join(self.text(a) for a in ir['args'])})"
+        if "method" in ir:
+            return f"{ir['env']}.{ir['method']}({', '.join(self.text(a) for a in ir['args'])})"
+        if "if" in ir:
+            return f"({self._text(ir['then'])} if {self._text(ir['if'])} else {self._text(ir['else'])})"
+        if "list" in ir:
+            return "[" + ", ".join(self.text(a) for a in ir["list"]) + "]"
+        if "record" in ir:
+            return "{" + ", ".join(f"{k}: {self.text(v)}" for k, v in ir["record"].items()) + "}"
+        if "get" in ir:
+            return f"{self.text(ir['get'])}.{ir['field']}"
+        if "index" in ir:
+            return f"{self.text(ir['index'][0])}[{self.text(ir['index'][1])}]"
+        if "template" in ir:
+            body = "".join(p if isinstance(p, str) else "{{" + self.text(p) + "}}" for p in ir["template"])
+            body = " ".join(body.split())
+            return '"' + (body[:57] + "..." if len(body) > 60 else body) + '"'
+        return "?"
+
+    # ---------------------------------------------------------------- sizes of prompts
+    def field_type(self, persona: str | None, population: str | None, ir: dict) -> dict:
+        if ir.get("src") == "persona" and persona:
+            for f in self.plan["personas"].get(persona, {}).get("fields", ()):
+                if f["name"] == ir["col"]:
+                    return f["type"]
+        pop = self.plan["populations"].get(population or "", {})
+        if ir.get("src") == "state" and ir["col"] in pop.get("state", {}):
+            return pop["state"][ir["col"]]["type"]
+        if ir.get("src") == "output" and ir["col"] in pop.get("outputs", {}):
+            return pop["outputs"][ir["col"]]
+        return {"kind": "any"}
+
+    def value_chars(self, ty: dict) -> int:
+        if ty["kind"] == "str":
+            return TEXT_CHARS
+        if ty["kind"] == "enum":
+            return max((len(str(v)) for v in ty.get("values", ())), default=4)
+        return VALUE_CHARS.get(ty["kind"], 20)
+
+    def template_chars(self, ir, persona: str | None, population: str | None) -> int:
+        """Characters of a prompt: its static text plus a typical size for each interpolated value."""
+        if ir is None:
+            return 0
+        if "template" not in ir:
+            return self.value_chars(self.expr_type(ir, persona, population))
+        total = 0
+        for part in ir["template"]:
+            total += len(part) if isinstance(part, str) else self.value_chars(self.expr_type(part, persona, population))
+        return total
+
+    def expr_type(self, ir: dict, persona, population) -> dict:
+        if "col" in ir and "via" not in ir:
+            return self.field_type(persona, population, ir)
+        if "env" in ir and "field" in ir:
+            return self.plan["environments"].get(ir["env"], {}).get("fields", {}).get(ir["field"], {}).get("type", {"kind": "any"})
+        if "lit" in ir:
+            v = ir["lit"]
+            return {"kind": "str"} if isinstance(v, str) and len(v) > 20 else {"kind": "int"}
+        if "agg" in ir:
+            return {"kind": "record"} if ir["agg"] == "histogram" else {"kind": "float"}
+        if "method" in ir:
+            return {"kind": "list"} if ir["method"] == "recent" else {"kind": "int"}
+        return {"kind": "any"}
+
+    # ---------------------------------------------------------------- de-duplication
+    def persona_fields(self, persona: str | None) -> dict:
+        return {f["name"]: f for f in self.plan["personas"].get(persona or "", {}).get("fields", ())}
+
+    def basis(self, persona: str | None, name: str, seen=()) -> set | None:
+        """The categorical sampled fields a persona field is a function of, or None (one value per agent)."""
+        f = self.persona_fields(persona).get(name)
+        if f is None or name in seen:
+            return None
+        if f["kind"] == "sample" and _categories(f["type"]) is not None:
+            return {name}
+        if f["kind"] == "derive":
+            refs = _persona_refs(f["expr"])
+            out = set()
+            for ref in refs:
+                sub = self.basis(persona, ref, seen + (name,))
+                if sub is None:
+                    return None
+                out |= sub
+            return out
+        if f["kind"] == "write" and f.get("reuse_per"):
+            out = set()
+            for ref in f["reuse_per"]:
+                sub = self.basis(persona, ref, seen + (name,))
+                if sub is None:
+                    return None
+                out |= sub
+            return out
+        return None
+
+    def distinct(self, persona: str | None, irs: list, agents: int) -> int | None:
+        """How many different prompts these expressions can make across the agents, or None (one per agent)."""
+        if any(_per_agent_dynamic(ir) for ir in irs):
+            return None
+        fields = set()
+        for ir in irs:
+            fields |= _persona_refs(ir)
+        basis = set()
+        for name in fields:
+            sub = self.basis(persona, name)
+            if sub is None:
+                return None
+            basis |= sub
+        combinations = 1
+        for name in sorted(basis):
+            combinations *= _categories(self.persona_fields(persona)[name]["type"])
+        return min(combinations, agents)
+
+    # ---------------------------------------------------------------- cost
+    def charge(self, model_name: str, calls: int, input_tokens: int, output_tokens: int) -> str:
+        model = self.plan["models"][model_name]
+        usage = self.usage.setdefault(model_name, _Usage())
+        usage.calls += calls
+        usage.input_tokens += calls * input_tokens
+        usage.output_tokens += calls * output_tokens
+        if model["provider"] in ("mock", "python"):
+            return "$0 (" + model["provider"] + ")"
+        price = model.get("price")
+        if not price or "input" not in price or "output" not in price:
+            usage.cost_known = False
+            return "price unknown"
+        cost = calls * (input_tokens * price["input"] + output_tokens * price["output"]) / 1e6
+        usage.cost += cost
+        return _dollars(cost)
+
+    def output_tokens(self, model_name: str, ty: dict) -> int:
+        if ty["kind"] == "str":
+            return int(self.plan["models"][model_name]["settings"].get("max_tokens", DEFAULT_MAX_TOKENS))
+        if ty["kind"] == "list" and ty.get("item", {}).get("kind") == "str":
+            return int(self.plan["models"][model_name]["settings"].get("max_tokens", DEFAULT_MAX_TOKENS))
+        return SHORT_ANSWER_TOKENS.get(ty["kind"], 10)
+
+    # ---------------------------------------------------------------- sections
+    def header(self) -> None:
+        sc = self.plan["scenario"]
+        self.lines.append(f"Scenario {sc['name']} (plan {self.plan['plan_hash'][:12]}, seed {sc['seed']})")
+        if sc["params"]:
+            self.lines.append("  params: " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in sorted(sc["params"].items())))
+
+    def populations(self) -> None:
+        self.lines += ["", "Populations"]
+        for name, pop in sorted(self.plan["populations"].items()):
+            shards = math.ceil(pop["size"] / pop["max_agents_per_shard"])
+            self.lines.append(f"  {name}: {pop['size']:,} agents, persona {pop['persona'] or '-'}, "
+                              f"at most {pop['max_agents_per_shard']:,} agents per shard ({shards:,} shard{'s' if shards != 1 else ''} or more)")
+            for kind in pop["mixture"]:
+                agent = self.plan["agents"][kind["agent"]]
+                model = self.plan["models"].get(agent["model"] or "", {})
+                self.lines.append(f"    {kind['agent']}: {kind['count']:,} agents ({kind['share']:.0%}), "
+                                  f"model {agent['model']} ({model.get('provider', '?')}), memory {agent['memory']}")
+        for name, group in sorted(self.plan["groups"].items()):
+            how = f"groups of {group['size']}" if "size" in group else f"one group per {group['by_field']}"
+            self.lines.append(f"  group set {name}: {group['population']} in {how}")
+
+    def backgrounds(self) -> None:
+        writes = [(p, f) for p, persona in sorted(self.plan["personas"].items()) for f in persona["fields"] if f["kind"] == "write"]
+        if not writes:
+            return
+        self.lines += ["", "Persona texts written before the run"]
+        for persona, f in writes:
+            pops = [pop for pop in self.plan["populations"].values() if pop["persona"] == persona]
+            agents = sum(pop["size"] for pop in pops)
+            if not agents:
+                continue
+            distinct = self.distinct(persona, [{"col": r, "src": "persona"} for r in f.get("reuse_per") or ()], agents) \
+                if f.get("reuse_per") else None
+            calls = distinct if distinct is not None else agents
+            model = f["model"]
+            input_tokens = _tokens(self.template_chars(f["template"], persona, None))
+            output_tokens = self.output_tokens(model, {"kind": "str"})
+            cost = self.charge(model, calls, input_tokens, output_tokens)
+            texts = f"{distinct:,} distinct text{'s' if distinct != 1 else ''}" if distinct is not None else "one text per agent"
+            self.lines.append(f"  {persona}.{f['name']} = write({model}): {agents:,} agents, {texts}, {calls:,} calls")
+            self.lines.append(f"    tokens per call ~{input_tokens:,} in, ~{output_tokens:,} out; "
+                              f"{calls * input_tokens:,} in, {calls * output_tokens:,} out in all; cost {cost}")
+
+    def steps(self, steps: list, depth: int, times: int, exact: bool) -> bool:
+        """List steps; return False once a `stop` or `break` may end the run early (later counts are maxima)."""
+        pad = "  " * depth
+        for step in steps:
+            line = step["span"]["line"]
+            op = step["op"]
+            if op == "repeat":
+                count = step["count"].get("lit") if "lit" in step["count"] else None
+                label = f"{count:,} times" if isinstance(count, int) else f"{self.text(step['count'])} times (known at run time)"
+                self.lines.append(f"{pad}repeat {label}{(' as ' + step['var']) if step['var'] else ''}  [line {line}]")
+                if not isinstance(count, int):
+                    self.bounded = False
+                exact = self.steps(step["body"], depth + 1, times * (count if isinstance(count, int) else 1), exact)
+            elif op == "for":
+                items = step["iterable"].get("lit") if "lit" in step["iterable"] else None
+                if "list" in step["iterable"]:
+                    items = step["iterable"]["list"]
+                n = len(items) if isinstance(items, list) else None
+                label = f"{n:,} times" if n is not None else "as many times as the list is long at run time"
+                self.lines.append(f"{pad}for {step['var']} in {self.text(step['iterable'])}: {label}  [line {line}]")
+                if n is None:
+                    self.bounded = False
+                exact = self.steps(step["body"], depth + 1, times * (n if n is not None else 1), exact)
+            elif op == "if":
+                for i, branch in enumerate(step["branches"]):
+                    self.lines.append(f"{pad}{'if' if i == 0 else 'else if'} {self.text(branch['cond'])}  [line {line}]")
+                    exact = self.steps(branch["body"], depth + 1, times, False) and exact
+                if step["else"]:
+                    self.lines.append(f"{pad}else")
+                    exact = self.steps(step["else"], depth + 1, times, False) and exact
+            elif op == "stop":
+                self.lines.append(f"{pad}{'stop' if step['scope'] == 'run' else 'break'} when {self.text(step['cond'])}  [line {line}]")
+                exact = False
+            elif op == "ask":
+                self.ask(step, pad, times, exact)
+            else:
+                self.lines.append(f"{pad}{self.describe(step)}  [line {line}]")
+        return exact
+
+    def describe(self, step: dict) -> str:
+        op = step["op"]
+        if op == "tell":
+            t = step["target"]
+            target = {"population": t.get("population"), "group": t.get("group"),
+                      "neighbors": f"neighbors({t.get('env')})"}.get(t["kind"]) or f"{t['population']}[{self.text(t.get('index'))}]"
+            sender = f" from {step['sender']}" if step["sender"] else ""
+            where = f" where {self.text(step['where'])}" if step["where"] else ""
+            return f"tell {target}{sender}{where} {self.text(step['message'])}"
+        if op == "broadcast":
+            return f"broadcast to {', '.join(step['populations'])} {self.text(step['message'])}"
+        if op == "let":
+            return f"let {step['name']} = {self.text(step['value'])}"
+        if op == "set_var":
+            return f"{step['name']} {step['operator']} {self.text(step['value'])}"
+        if op == "set_env":
+            return f"{step['env']}.{step['field']} {step['operator']} {self.text(step['value'])}"
+        if op == "set_state":
+            where = f" where {self.text(step['where'])}" if step["where"] else ""
+            return f"{step['population']}.{step['field']} {step['operator']} {self.text(step['value'])}{where} (every agent)"
+        if op == "record":
+            return "record " + ", ".join(item["name"] for item in step["items"])
+        if op == "call":
+            return f"{step['env']}.{step['method']}({', '.join(self.text(a) for a in step['args'])})"
+        return op
+
+    def ask(self, step: dict, pad: str, times: int, exact: bool) -> None:
+        pop = self.plan["populations"][step["population"]]
+        out = step["output"]
+        where = f" where {self.text(step['where'])}" if step["where"] else ""
+        self.lines.append(f"{pad}ask {step['population']}{where} -> {out['name']}: {describe(from_json(out['type']))}  "
+                          f"[line {step['span']['line']}]")
+        some = " (at most)" if step["where"] or not exact else ""
+        for kind in pop["mixture"]:
+            agent = self.plan["agents"][kind["agent"]]
+            model = step["model"] or agent["model"]
+            if not kind["count"] or model not in self.plan["models"]:
+                continue
+            irs = [step["prompt"]] + ([agent["system"]] if agent["system"] else [])
+            distinct = self.distinct(pop["persona"], irs, kind["count"])
+            prompt_chars = self.template_chars(step["prompt"], pop["persona"], step["population"]) + \
+                self.template_chars(agent["system"], pop["persona"], "agent:" + kind["agent"])
+            output_tokens = self.output_tokens(model, out["type"])
+            input_tokens = _tokens(prompt_chars) * (1 + agent["memory"]) + output_tokens * agent["memory"]
+            calls = kind["count"] * times
+            cost = self.charge(model, calls, input_tokens, output_tokens)
+            each = f" x {times:,} times" if times != 1 else ""
+            prompts = f"{distinct:,} distinct prompt{'s' if distinct != 1 else ''} per step" if distinct is not None else "one prompt per agent"
+            self.lines.append(f"{pad}  {kind['agent']}: {kind['count']:,} agents{each} = {calls:,} calls{some} to {model}; {prompts}")
+            self.lines.append(f"{pad}    tokens per call ~{input_tokens:,} in (memory {agent['memory']}), ~{output_tokens:,} out; "
+                              f"{calls * input_tokens:,} in, {calls * output_tokens:,} out in all; cost {cost}")
+
+    def totals(self) -> None:
+        self.lines += ["", "Totals" + ("" if self.bounded else " (for the loop counts known before the run)")]
+        calls = inp = outp = 0
+        cost, known = 0.0, True
+        for name, usage in sorted(self.usage.items()):
+            provider = self.plan["models"][name]["provider"]
+            price = _dollars(usage.cost) if usage.cost_known else "price unknown"
+            self.lines.append(f"  {name} ({provider}): {usage.calls:,} calls, {usage.input_tokens:,} input tokens, "
+                              f"{usage.output_tokens:,} output tokens, {price}")
+            calls, inp, outp, cost = calls + usage.calls, inp + usage.input_tokens, outp + usage.output_tokens, cost + usage.cost
+            known = known and usage.cost_known
+        self.lines.append(f"  all models: {calls:,} calls, {inp:,} input tokens, {outp:,} output tokens, "
+                          f"{_dollars(cost)}{'' if known else ' plus models of unknown price'}")
+
+
+def _dollars(cost: float) -> str:
+    if cost == 0:
+        return "$0"
+    return f"${cost:,.2f}" if cost >= 0.01 else f"${cost:.4f}"
+
+
+def _tokens(chars: int) -> int:
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def _categories(ty: dict) -> int | None:
+    if ty["kind"] == "enum":
+        return len(ty.get("values", ()))
+    if ty["kind"] == "bool":
+        return 2
+    if ty["kind"] == "int" and "min" in ty and "max" in ty and ty["max"] - ty["min"] < MAX_CATEGORIES:
+        return int(ty["max"] - ty["min"]) + 1
+    return None
+
+
+def _persona_refs(ir) -> set:
+    out = set()
+    if isinstance(ir, dict):
+        if "col" in ir and ir.get("src") == "persona" and "via" not in ir:
+            out.add(ir["col"])
+        for v in ir.values():
+            out |= _persona_refs(v)
+    elif isinstance(ir, list):
+        for v in ir:
+            out |= _persona_refs(v)
+    return out
+
+
+def _per_agent_dynamic(ir) -> bool:
+    """Does this expression read a value that differs per agent and changes in the run (state, outputs, memory of neighbours)?"""
+    if isinstance(ir, dict):
+        if "col" in ir and (ir.get("src") in ("state", "output") or "via" in ir):
+            return True
+        if "agg" in ir and "via" in ir:
+            return True
+        if ir.get("method") == "degree" or ir.get("call") == "random":
+            return True
+        return any(_per_agent_dynamic(v) for v in ir.values())
+    if isinstance(ir, list):
+        return any(_per_agent_dynamic(v) for v in ir)
+    return False
+
+
+def explain(compiled) -> str:
+    """The plan as text for people: populations, steps with calls, tokens and cost, and totals."""
+    plan = compiled if isinstance(compiled, dict) else compiled.plan
+    ex = _Explainer(plan)
+    ex.header()
+    ex.populations()
+    ex.backgrounds()
+    ex.lines += ["", "Steps"]
+    ex.steps(plan["workflow"], 1, 1, True)
+    ex.totals()
+    ex.lines += ["", f"Estimates: {CHARS_PER_TOKEN} characters a token; an interpolated text counts {TEXT_CHARS} characters; "
+                 f"a free-text answer uses the model's max_tokens ({DEFAULT_MAX_TOKENS} if unset)."]
+    return "\n".join(ex.lines) + "\n"
