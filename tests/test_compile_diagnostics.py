@@ -44,3 +44,6 @@ def test_every_compiler_code_has_a_fixture():
         shown |= set(re.findall(r"(?:error|warning)\[([EW]1\d\d\d)\]", golden_file.read_text(encoding="utf-8")))
     assert len(emitted) >= 40
     assert emitted - shown == set(), "codes the compiler emits with no fixture showing them"
+    docs = (ROOT / "docs" / "diagnostics.md").read_text(encoding="utf-8")
+    compiler_part = docs[docs.index("## Compiler (semantic) errors"):]
+    assert {c for c in emitted if f"## {c}\n" not in compiler_part} == set(), "codes without an entry in docs/diagnostics.md"
