@@ -78,11 +78,11 @@ def test_every_plan_validates_against_the_committed_schema(case, in_repo_root):
 def test_plan_size_and_compile_time_do_not_depend_on_agents_or_rounds(in_repo_root):
     def timed(overrides):
         runs = []
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             compiled = compile_file(FLAGSHIP, overrides)
             runs.append(time.perf_counter() - start)
-        return compiled, sorted(runs)[1]
+        return compiled, sorted(runs)[2]
 
     small, small_time = timed(["players=10", "rounds=3"])
     big, big_time = timed(["players=1000000", "rounds=1000"])
@@ -98,7 +98,8 @@ def test_plan_size_and_compile_time_do_not_depend_on_agents_or_rounds(in_repo_ro
     assert len(big_text) - len(small_text) == len(re.findall("[0-9]", big_text)) - len(re.findall("[0-9]", small_text))
     assert len(big.data) == len(small.data) + len(big_text) - len(small_text)
     assert len(big.data) < 20_000
-    assert big_time < 1.0 and big_time < 3 * small_time + 0.05
+    # Independent of size: a plan that listed agents or unrolled rounds would take seconds, not milliseconds.
+    assert big_time < 1.0 and big_time < 2 * small_time + 0.1
 
 
 # ------------------------------------------------------------------ malformed plans are refused
