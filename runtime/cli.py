@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
     p.add_argument("--shards", type=int, help="shards per population (default: one per CPU)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--cache", help="response cache (SQLite) to read and extend; default: cache.sqlite in the run directory")
+    p.add_argument("--replay", action="store_true", help="answer only from the cache; refuse any new model call")
 
     return parser
 
@@ -171,7 +173,7 @@ def cmd_run(args) -> int:
     if args.seed is not None:
         raw = _with_seed(raw, args.seed)
     plan = plan_from_dict(raw)
-    problems = unsupported(plan)
+    problems = unsupported(plan, replay=args.replay)
     if problems:
         for p in problems:
             print(f"error: {p}", file=sys.stderr)
@@ -179,8 +181,11 @@ def cmd_run(args) -> int:
     if args.shards is not None and args.shards < 1:
         print("error: --shards must be at least 1", file=sys.stderr)
         return 2
+    if args.replay and not args.cache:
+        print("error: --replay needs --cache PATH (the cache to replay from)", file=sys.stderr)
+        return 2
     summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address,
-                       run_dir=args.run_dir, quiet=args.quiet)
+                       run_dir=args.run_dir, quiet=args.quiet, cache=args.cache, replay=args.replay)
     from .progress import print_summary
 
     print_summary(summary)

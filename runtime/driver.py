@@ -7,6 +7,7 @@ aggregates come back as shard partials (map-reduce), never as rows.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -43,18 +44,23 @@ class RunFailed(Exception):
         return (RunFailed, (self.message, self.step))
 
 
-def unsupported(plan: Plan) -> list[str]:
-    """What this runtime cannot run yet, said before any work starts."""
-    problems = []
-    used_models = {a.model for a in plan.agents.values()}
-    used_models |= {s["model"] for s in plan.steps() if s.get("op") == "ask" and s.get("model")}
+def used_models(plan: Plan) -> set[str]:
+    used = {a.model for a in plan.agents.values() if a.model}
+    used |= {s["model"] for s in plan.steps() if s.get("op") == "ask" and s.get("model")}
     for p in plan.personas.values():
-        used_models |= {f["model"] for f in p.fields if f["kind"] == "write"}
-    for name in sorted(m for m in used_models if m):
-        provider = plan.models[name].provider
-        if provider not in OFFLINE_PROVIDERS:
-            problems.append(f"model `{name}` uses the {provider} provider, which this runtime cannot call yet "
-                            f"(use a mock or python model)")
+        used |= {f["model"] for f in p.fields if f["kind"] == "write"}
+    return used
+
+
+def unsupported(plan: Plan, replay: bool = False) -> list[str]:
+    """What stops this run before it starts: parts this runtime lacks, API keys not set."""
+    problems = []
+    for name in sorted(used_models(plan)):
+        model = plan.models[name]
+        key_env = model.settings.get("api_key_env")
+        if model.provider not in OFFLINE_PROVIDERS and not replay and key_env and not os.environ.get(key_env):
+            problems.append(f"model `{name}` ({model.provider}) needs its API key in the environment variable "
+                            f"{key_env}, which is not set")
     for env in plan.environments.values():
         if env.kind in UNSUPPORTED_KINDS:
             problems.append(f"environment `{env.name}` is a {env.kind}, which this runtime cannot run yet")
@@ -75,6 +81,7 @@ class Driver:
         self.env = {name: {f: v["init"] for f, v in e.fields.items()} for name, e in plan.environments.items()}
         self.totals = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "errors": 0, "agents": 0, "steps": 0}
         self.by_model: dict = {}
+        self.latencies: dict = {}
 
     # ---------------------------------------------------------------- events
     def emit(self, event: dict) -> None:
@@ -130,10 +137,18 @@ class Driver:
             if provider in OFFLINE_PROVIDERS:
                 m["cost_usd"] = 0.0
             elif price:
-                m["cost_usd"] = (m["tokens_in"] * price.get("input", 0) + m["tokens_out"] * price.get("output", 0)) / 1e6
+                # Anthropic reports cache reads and writes apart from the other input tokens.
+                m["cost_usd"] = (m["tokens_in"] * price.get("input", 0) + m["tokens_out"] * price.get("output", 0)
+                                 + m.get("cache_read", 0) * price.get("cache_read", price.get("input", 0))
+                                 + m.get("cache_write", 0) * price.get("cache_write", price.get("input", 0))) / 1e6
                 cost += m["cost_usd"]
             else:
                 cost_known = False
+        for name, values in self.latencies.items():
+            if values and name in self.by_model:
+                ordered = sorted(values)
+                self.by_model[name]["latency_p50_s"] = ordered[len(ordered) // 2]
+                self.by_model[name]["latency_p95_s"] = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
         agents = sum(p.size for p in self.plan.populations.values())
         return {
             "status": status, "scenario": self.plan.scenario["name"], "plan_hash": self.plan.plan_hash,
@@ -288,6 +303,7 @@ class Driver:
                 m["tokens_in"] += tin
                 m["tokens_out"] += tout
             event["by_model"] = by_model
+            self._llm_stats(step, label, results)
             event["agents_per_second"] = round(event["agents"] / seconds, 1) if seconds > 0 else None
             samples = [s for r in results for s in r["error_samples"]][:20]
             if samples:
@@ -297,6 +313,17 @@ class Driver:
             event["agents"] = int(sum(results))
             self.totals["agents"] += event["agents"]
         self.emit(event)
+
+    def _llm_stats(self, step, label, results) -> None:
+        """Fold the shards' LLM logs into per-model totals; every retry and failure becomes an event."""
+        for r in results:
+            for model, stats in r.get("llm", {}).items():
+                m = self.by_model.setdefault(model, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
+                for key in ("retries", "reasks", "cache_hits", "failures", "cache_read", "cache_write"):
+                    m[key] = m.get(key, 0) + stats[key]
+                self.latencies.setdefault(model, []).extend(stats["latencies"])
+                for event in stats["events"]:
+                    self.emit(dict(event, step=step["id"], iteration=label))
 
     def context(self, variables, step, label, exprs) -> dict:
         aggregates = {}

@@ -27,9 +27,9 @@ def layout(plan, shards: int | None, default_shards: int) -> dict[str, list[tupl
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, plan_raw: dict, plan, shards: int | None):
+    def __init__(self, plan_raw: dict, plan, shards: int | None, options: dict | None = None):
         self.ranges = ranges = layout(plan, shards, 1)
-        self.shards = {pop: [Shard(plan_raw, pop, i, a, b, len(rs)) for i, (a, b) in enumerate(rs)]
+        self.shards = {pop: [Shard(plan_raw, pop, i, a, b, len(rs), options) for i, (a, b) in enumerate(rs)]
                        for pop, rs in ranges.items()}
 
     def call(self, population: str, method: str, *args, on_done=None) -> list:
@@ -49,7 +49,8 @@ class LocalExecutor:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, plan_raw: dict, plan, shards: int | None, address: str | None = None):
+    def __init__(self, plan_raw: dict, plan, shards: int | None, address: str | None = None,
+                 options: dict | None = None):
         import ray
 
         self.ray = ray
@@ -65,7 +66,7 @@ class RayExecutor:
         # once there are more shards than CPUs. No restarts yet: a dead shard fails the run loudly.
         remote = ray.remote(num_cpus=0, max_restarts=0)(Shard)
         plan_ref = ray.put(plan_raw)
-        self.actors = {pop: [remote.remote(plan_ref, pop, i, a, b, len(rs)) for i, (a, b) in enumerate(rs)]
+        self.actors = {pop: [remote.remote(plan_ref, pop, i, a, b, len(rs), options) for i, (a, b) in enumerate(rs)]
                        for pop, rs in ranges.items()}
 
     def call(self, population: str, method: str, *args, on_done=None) -> list:
@@ -91,9 +92,10 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(kind: str, plan, shards: int | None = None, address: str | None = None):
+def make_executor(kind: str, plan, shards: int | None = None, address: str | None = None, options: dict | None = None):
+    """`options`: what shards need besides the plan: {"cache": path, "replay": bool}."""
     if kind == "local":
-        return LocalExecutor(plan.raw, plan, shards)
+        return LocalExecutor(plan.raw, plan, shards, options)
     if kind == "ray":
-        return RayExecutor(plan.raw, plan, shards, address or os.environ.get("RAY_ADDRESS"))
+        return RayExecutor(plan.raw, plan, shards, address or os.environ.get("RAY_ADDRESS"), options)
     raise ValueError(f"unknown executor {kind!r}")

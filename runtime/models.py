@@ -4,8 +4,7 @@ In: a plan model and an AskBatch (agent ids, prompts, system prompts, memory siz
 the persona and context for python policies). Out: an Answers (typed values with NaN/None for
 missing, raw replies, per-agent errors, token counts). Providers here: `mock` (deterministic
 typed answers from a seeded hash of the prompt, offline) and `python` (a user function).
-The `anthropic` and `openai` providers are not in this runtime yet: a plan using them is refused
-before the run starts (see docs/models.md).
+The `anthropic` and `openai` providers live in runtime/llm.py.
 """
 from __future__ import annotations
 
@@ -289,10 +288,16 @@ def _type_text(ty: dict) -> str:
     return ty["kind"]
 
 
-def make_model(model: dict):
+def make_model(model: dict, shard_index: int = 0, shards: int = 1, options: dict | None = None):
+    """A client for one plan model, sized to this shard's share of the model's limits."""
     provider = model["provider"]
     if provider == "mock":
         return MockModel(model["name"], model["settings"], model["limits"])
     if provider == "python":
         return PythonModel(model["name"], model["settings"], model["limits"])
-    raise ModelError(f"model `{model['name']}`: the {provider} provider is not available in this runtime yet")
+    from .cache import ResponseCache
+    from .llm import LLMModel
+
+    options = options or {}
+    cache = ResponseCache(options["cache"]) if options.get("cache") else None
+    return LLMModel(model, shard_index, shards, cache, bool(options.get("replay")))

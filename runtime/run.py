@@ -12,9 +12,15 @@ from .rundir import RunDir, new_run_dir
 
 
 def run_plan(plan, executor: str = "ray", shards: int | None = None, address: str | None = None,
-             run_dir: str | None = None, quiet: bool = True, listener=None) -> dict:
+             run_dir: str | None = None, quiet: bool = True, listener=None, cache: str | None = None,
+             replay: bool = False) -> dict:
+    """`cache`: the response cache (default: cache.sqlite in the run directory); `replay`: refuse
+    any model call whose reply is not in the cache."""
+    import os
+
     directory = RunDir(run_dir or new_run_dir(plan.scenario["name"]))
-    ex = make_executor(executor, plan, shards, address)
+    options = {"cache": os.path.abspath(cache or directory.file("cache.sqlite")), "replay": replay}
+    ex = make_executor(executor, plan, shards, address, options)
     try:
         with Progress(quiet=quiet) as progress:
             def listen(event):

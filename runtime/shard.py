@@ -23,8 +23,10 @@ MAX_ERROR_SAMPLES = 20
 
 
 class Shard:
-    def __init__(self, plan_raw: dict, population: str, index: int, start: int, stop: int, shards: int = 1):
+    def __init__(self, plan_raw: dict, population: str, index: int, start: int, stop: int, shards: int = 1,
+                 options: dict | None = None):
         self.plan = plan_from_dict(plan_raw)
+        self.options = options or {}
         self.population = population
         self.index = index
         self.shards = shards
@@ -60,7 +62,7 @@ class Shard:
     # ---------------------------------------------------------------- models
     def model(self, name: str):
         if name not in self.models:
-            self.models[name] = make_model(self.plan.raw["models"][name])
+            self.models[name] = make_model(self.plan.raw["models"][name], self.index, self.shards, self.options)
         return self.models[name]
 
     def _write(self, model_name: str, prompts: list[str]) -> list[str]:
@@ -133,6 +135,15 @@ class Shard:
             counts[0] += answers.calls
             counts[1] += answers.tokens_in
             counts[2] += answers.tokens_out
+            log = getattr(answers, "log", None)
+            if log is not None:  # an LLM: retries, re-asks, cache use, latencies
+                llm = summary.setdefault("llm", {}).setdefault(model_name, {
+                    "retries": 0, "reasks": 0, "cache_hits": 0, "failures": 0, "cache_read": 0, "cache_write": 0,
+                    "latencies": [], "events": []})
+                for key in ("retries", "reasks", "cache_hits", "failures", "cache_read", "cache_write"):
+                    llm[key] += getattr(log, key)
+                llm["latencies"].extend(round(x, 4) for x in log.latencies[:2000])
+                llm["events"].extend(log.events)
             if n_err and len(summary["error_samples"]) < MAX_ERROR_SAMPLES:
                 for i, e in enumerate(answers.errors):
                     if e is not None:

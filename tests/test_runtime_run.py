@@ -163,12 +163,14 @@ def test_constructs_agree_across_executors(constructs_runs):
             pd.testing.assert_frame_equal(a[key], b[key])
 
 
-def test_unsupported_provider_is_refused_before_running(tmp_path, capsys):
+def test_missing_api_key_is_refused_before_running(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     text = FLAGSHIP.read_text().replace("model   = level_k", "model   = claude")
     path = tmp_path / "real.pop"
     path.write_text(text)
     assert main(["run", str(path), "--executor", "local", "--run-dir", str(tmp_path / "r")]) == 1
-    assert "anthropic provider" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "ANTHROPIC_API_KEY" in err and "not set" in err
     assert not (tmp_path / "r").exists()
 
 

@@ -1,0 +1,315 @@
+"""LLM providers: Anthropic (the `anthropic` SDK) and any OpenAI-compatible server (`openai` SDK).
+
+In: an AskBatch of agents (system prompts, memory, prompts, the output type) and this shard's share
+of the model's cluster-wide limits. Out: Answers with typed values, raw replies, per-agent errors,
+token usage from the provider's own fields, and a log of retries and re-asks.
+
+How a call goes: a bounded pool of workers (this shard's share of `in_flight`) pulls agents from a
+queue; each call waits for the shard's share of `per_minute` and `tokens_per_minute`; 429, 529,
+5xx, dropped connections and timeouts are retried with exponential backoff and jitter (honouring
+`retry-after`) up to `max_retries`; the SDK's own retries are off so they do not multiply. A reply
+that does not parse as the output type is re-asked (saying what was wrong) up to `reasks` times,
+then the agent's value is missing with the error. Every reply that arrives goes into the cache
+first. Limits are split statically: shard i of n gets limit/n (at least 1), so their sum holds
+the declared limit across the cluster.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import replies
+from .cache import ResponseCache, request_key
+from .models import Answers, AskBatch, ModelError, empty_values
+
+RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504, 529)
+MAX_LOGGED = 50
+
+
+@dataclass
+class CallLog:
+    retries: int = 0
+    reasks: int = 0
+    cache_hits: int = 0
+    failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    calls: int = 0
+    latencies: list = field(default_factory=list)
+    events: list = field(default_factory=list)  # retries and final failures, capped
+
+    def note(self, event: dict) -> None:
+        if len(self.events) < MAX_LOGGED:
+            self.events.append(event)
+
+
+class Limiter:
+    """This shard's share of a model's per-minute limits: requests and tokens, in a sliding minute."""
+
+    def __init__(self, per_minute: float | None, tokens_per_minute: float | None):
+        self.per_minute = per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self.requests: list[float] = []
+        self.tokens: list[tuple[float, int]] = []
+        self.lock = asyncio.Lock()
+
+    async def acquire(self, tokens: int) -> None:
+        if not self.per_minute and not self.tokens_per_minute:
+            return
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                self.requests = [t for t in self.requests if now - t < 60]
+                self.tokens = [(t, k) for t, k in self.tokens if now - t < 60]
+                wait = 0.0
+                if self.per_minute and len(self.requests) >= self.per_minute:
+                    wait = max(wait, 60 - (now - self.requests[0]))
+                used = sum(k for _, k in self.tokens)
+                if self.tokens_per_minute and self.tokens and used + tokens > self.tokens_per_minute:
+                    wait = max(wait, 60 - (now - self.tokens[0][0]))
+                if wait <= 0:
+                    self.requests.append(now)
+                    self.tokens.append((now, tokens))
+                    return
+                await asyncio.sleep(min(wait, 1.0))
+
+
+def share(limit, index: int, shards: int):
+    if not limit:
+        return None
+    base, rest = divmod(int(limit), shards)
+    return max(1, base + (1 if index < rest else 0))
+
+
+class LLMModel:
+    def __init__(self, model: dict, shard_index: int, shards: int, cache: ResponseCache | None, replay: bool):
+        self.name = model["name"]
+        self.provider = model["provider"]
+        self.settings = model["settings"]
+        limits = model["limits"]
+        self.in_flight = share(limits.get("in_flight", 64), shard_index, shards)
+        self.per_minute = share(limits.get("per_minute"), shard_index, shards)
+        self.tokens_per_minute = share(limits.get("tokens_per_minute"), shard_index, shards)
+        self.max_retries = int(self.settings.get("max_retries", 4))
+        self.reasks = int(self.settings.get("reasks", 2))
+        self.timeout = float(self.settings.get("timeout", 60.0))
+        self.cache = cache
+        self.replay = replay
+        key_env = self.settings.get("api_key_env")
+        self.api_key = os.environ.get(key_env) if key_env else None
+        if not self.api_key and not replay:
+            raise ModelError(f"model `{self.name}`: the environment variable {key_env} is not set")
+        base = self.settings.get("base_url")
+        self.base_urls = base if isinstance(base, list) else [base]
+        # Parameters that change the answer: part of the cache key.
+        self.params = {k: self.settings[k] for k in ("max_tokens", "temperature", "top_p", "stop")
+                       if k in self.settings}
+
+    # ---------------------------------------------------------------- clients
+    def _clients(self):
+        if self.provider == "anthropic":
+            import anthropic
+
+            return [anthropic.AsyncAnthropic(api_key=self.api_key or "replay", base_url=url, max_retries=0,
+                                             timeout=self.timeout) for url in self.base_urls]
+        import httpx2 as httpx
+        import openai
+
+        # Default pool limits time out at ~1000 concurrent requests: size the pool to our share.
+        limits = httpx.Limits(max_connections=self.in_flight + 8, max_keepalive_connections=self.in_flight + 8)
+        return [openai.AsyncOpenAI(api_key=self.api_key or "replay", base_url=url, max_retries=0, timeout=self.timeout,
+                                   http_client=openai.DefaultAsyncHttpxClient(limits=limits))
+                for url in self.base_urls]
+
+    async def _send(self, client, system, messages):
+        """One request; returns (text, usage dict)."""
+        max_tokens = int(self.settings.get("max_tokens", 256))
+        if self.provider == "anthropic":
+            kwargs = {}
+            if system:
+                block = {"type": "text", "text": system}
+                if self.settings.get("cache_prefix", True):
+                    block["cache_control"] = {"type": "ephemeral"}
+                kwargs["system"] = [block]
+            if "stop" in self.settings:
+                kwargs["stop_sequences"] = self.settings["stop"]
+            resp = await client.messages.create(model=self.settings["name"], max_tokens=max_tokens,
+                                                messages=messages, **kwargs)
+            text = "".join(getattr(b, "text", "") for b in resp.content)
+            u = resp.usage
+            usage = {"input": u.input_tokens or 0, "output": u.output_tokens or 0,
+                     "cache_read": getattr(u, "cache_read_input_tokens", 0) or 0,
+                     "cache_write": getattr(u, "cache_creation_input_tokens", 0) or 0}
+            return text, usage
+        msgs = ([{"role": "system", "content": system}] if system else []) + messages
+        kwargs = {k: self.settings[k] for k in ("temperature", "top_p") if k in self.settings}
+        if "stop" in self.settings:
+            kwargs["stop"] = self.settings["stop"]
+        resp = await client.chat.completions.create(model=self.settings["name"], messages=msgs, max_tokens=max_tokens,
+                                                    **kwargs)
+        text = resp.choices[0].message.content or ""
+        u = resp.usage
+        usage = {"input": getattr(u, "prompt_tokens", 0) or 0, "output": getattr(u, "completion_tokens", 0) or 0,
+                 "cache_read": 0, "cache_write": 0}
+        return text, usage
+
+    # ---------------------------------------------------------------- one agent
+    async def _call(self, clients, system, messages, sample: int, log: CallLog, agent: int):
+        """Send with retries; the cache answers first and keeps every reply."""
+        key = request_key(self.provider, self.settings["name"], self.params, system, messages, sample)
+        if self.cache is not None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                log.cache_hits += 1
+                return hit[0], None
+        if self.replay:
+            return None, "not in the cache (--replay refuses new calls)"
+        estimate = sum(len(m["content"]) for m in messages) // 4 + len(system or "") // 4
+        last_error = ""
+        for attempt in range(self.max_retries + 1):
+            await self.limiter.acquire(estimate)
+            client = clients[(agent + attempt) % len(clients)]  # several base URLs: spread the load
+            began = time.monotonic()
+            try:
+                text, usage = await self._send(client, system, messages)
+            except Exception as e:  # classified below: retry what can succeed later, fail the rest
+                status = getattr(e, "status_code", None)
+                retryable = status in RETRY_STATUS or status is None and _is_connection_error(e)
+                last_error = f"{type(e).__name__}" + (f" {status}" if status else "") + f": {_short(e)}"
+                if not retryable or attempt == self.max_retries:
+                    log.failures += 1
+                    log.note({"type": "model_failed", "model": self.name, "agent": agent, "error": last_error,
+                              "attempts": attempt + 1})
+                    return None, last_error
+                delay = _backoff(attempt, e)
+                log.retries += 1
+                log.note({"type": "model_retry", "model": self.name, "agent": agent, "error": last_error,
+                          "attempt": attempt + 1, "delay": round(delay, 3)})
+                await asyncio.sleep(delay)
+                continue
+            log.calls += 1
+            log.latencies.append(time.monotonic() - began)
+            log.tokens_in += usage["input"]
+            log.tokens_out += usage["output"]
+            log.cache_read += usage["cache_read"]
+            log.cache_write += usage["cache_write"]
+            if self.cache is not None:
+                self.cache.put(key, text, usage, self.name)
+            return text, None
+        return None, last_error
+
+    async def _agent(self, clients, batch: AskBatch, i: int, prompt: str, system, log: CallLog):
+        messages = _messages(batch.memory(i) if batch.memory else [], prompt)
+        agent = int(batch.ids[i])
+        text, error = None, None
+        for turn in range(self.reasks + 1):
+            text, error = await self._call(clients, system, messages, agent, log, agent)
+            if error is not None:
+                return None, None, error
+            value, problem = replies.parse(text, batch.output)
+            if problem is None:
+                return value, text, None
+            if turn == self.reasks:
+                return None, text, f"unparsable reply after {self.reasks} re-asks: {problem}"
+            log.reasks += 1
+            messages = messages + [{"role": "assistant", "content": text or "(empty)"},
+                                   {"role": "user", "content": replies.reask(problem, batch.output)}]
+        return None, text, error
+
+    # ---------------------------------------------------------------- the batch
+    def ask(self, batch: AskBatch) -> Answers:
+        return asyncio.run(self._ask(batch))
+
+    async def _ask(self, batch: AskBatch) -> Answers:
+        n = len(batch.ids)
+        self.limiter = Limiter(self.per_minute, self.tokens_per_minute)
+        clients = self._clients()
+        prompts = [batch.prompt] * n if isinstance(batch.prompt, str) else batch.prompt
+        systems = [batch.system] * n if batch.system is None or isinstance(batch.system, str) else batch.system
+        suffix = replies.instruction(batch.output)
+        values = empty_values(batch.output, n)
+        texts: list = [None] * n
+        errors: list = [None] * n
+        log = CallLog()
+        queue: asyncio.Queue = asyncio.Queue()
+        for i in range(n):
+            queue.put_nowait(i)
+
+        async def worker():
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                prompt = prompts[i] + ("\n\n" + suffix if suffix else "")
+                value, text, error = await self._agent(clients, batch, i, prompt, systems[i], log)
+                texts[i], errors[i] = text, error
+                if error is None:
+                    values[i] = value if not isinstance(value, bool) else float(value)
+
+        try:
+            await asyncio.gather(*(worker() for _ in range(min(self.in_flight, n) or 1)))
+        finally:
+            for c in clients:
+                await c.close()
+        answers = Answers(values=values, replies=texts, errors=errors, tokens_in=log.tokens_in,
+                          tokens_out=log.tokens_out, calls=log.calls)
+        answers.log = log
+        return answers
+
+    def write(self, prompts: list[str], seed: int) -> list[str]:
+        batch = AskBatch(ids=np.arange(len(prompts)), prompt=list(prompts), system=None,
+                         memory_chars=np.zeros(len(prompts), dtype=np.int64), output={"kind": "str"},
+                         where="write", seed=seed)
+        answers = self.ask(batch)
+        failed = [e for e in answers.errors if e]
+        if failed:
+            raise ModelError(f"model `{self.name}` could not write {len(failed)} persona text(s): {failed[0]}")
+        return [str(v) for v in answers.values.tolist()]
+
+
+def _messages(memory: list, prompt: str) -> list[dict]:
+    """Memory then the prompt, with consecutive turns of one role merged (the APIs alternate roles)."""
+    out: list[dict] = []
+    for role, text in list(memory) + [("user", prompt)]:
+        if out and out[-1]["role"] == role:
+            out[-1] = {"role": role, "content": out[-1]["content"] + "\n\n" + text}
+        else:
+            out.append({"role": role, "content": text})
+    if out and out[0]["role"] == "assistant":
+        out.insert(0, {"role": "user", "content": "(earlier)"})
+    return out
+
+
+def _is_connection_error(e: Exception) -> bool:
+    names = {type(c).__name__ for c in type(e).__mro__}
+    return bool(names & {"APIConnectionError", "APITimeoutError", "ConnectionError", "TimeoutError"})
+
+
+def _backoff(attempt: int, e: Exception) -> float:
+    response = getattr(e, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name) if hasattr(headers, "get") else None
+        if value:
+            try:
+                return min(float(value) * scale, 120.0)
+            except ValueError:
+                pass
+    # Exponential backoff with full jitter: 0.5 s, 1 s, 2 s, ... capped at 30 s.
+    return random.uniform(0, min(30.0, 0.5 * 2 ** attempt))
+
+
+def _short(e: Exception) -> str:
+    text = str(e).replace("\n", " ")
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+__all__ = ["LLMModel", "Limiter", "share"]
