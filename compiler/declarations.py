@@ -294,6 +294,14 @@ def check_models(ctx: Context) -> None:
             ctx.error("E1019", span, f"model `{name}` needs a provider" if provider is None else f"unknown provider `{provider}`",
                       hint=did_you_mean(str(provider), schemas["providers"]) or "providers: anthropic, openai, mock, python")
             continue
+        if provider == "anthropic":
+            for removed in ("temperature", "top_p", "top_k"):
+                if removed in spans:
+                    ctx.error("E1019", spans[removed].name_span,
+                              f"the Anthropic Messages API no longer accepts `{removed}`",
+                              label="rejected with HTTP 400 since API version 2026-10-21",
+                              hint="remove it: Claude models sample with their own defaults")
+                    settings.pop(removed, None)
         schema = dict(schemas["providers"][provider])
         schema["properties"] = {**schemas["$defs"]["common"], **schema["properties"]}
         schema["additionalProperties"] = False

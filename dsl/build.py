@@ -4,18 +4,22 @@ In: a lark.Tree from dsl.parser (positions propagated) and the file name. Out: a
 diagnostics for what the grammar accepts but the language does not (bad escapes, a bad `{{ }}`).
 Strings holding `{{ ... }}` become Template nodes: each interpolation is parsed with the grammar's
 `expr` start, and its span points inside the string, so an error there names the exact column.
+`parse_module` is the fast way for text without errors: the parser calls the same rule methods
+while it parses (dsl.parser.parse_direct), and no lark.Tree is made.
 """
 from __future__ import annotations
 
+import functools
 import re
 import textwrap
 from dataclasses import fields
 
-from lark import Token, Transformer, Tree, v_args
+from lark import Token, Transformer, Tree
 
 from . import nodes as n
 from .diagnostics import Diagnostic
 from .nodes import Span
+from .parser import parse_direct, parse_text
 
 _ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "{": "{", "}": "}", "r": "\r", "0": "\0"}
 
@@ -54,81 +58,91 @@ def quote_string(value: str) -> str:
     return '"' + escape_text(value) + '"'
 
 
-@v_args(meta=True)
-class _Builder(Transformer):
-    """Bottom-up: every method returns a node (or a small tuple the parent unpacks)."""
+class _SlowPath(Exception):
+    """The fast path met something it leaves to the diagnosing path (an error, most likely)."""
 
-    def __init__(self, file: str, line_offset: int = 0, col_offset: int = 0):
-        super().__init__()
+
+class _Builder:
+    """Bottom-up: every rule method returns a node (or a small tuple the parent unpacks).
+
+    A rule method is called with the rule's extent, (line, column, end_line, end_column) or None,
+    and its children as a lark.Tree would hold them: by _FromTree, or by the parser itself.
+    `fast`: interpolations go through parse_direct too, and any error raises _SlowPath.
+    """
+
+    def __init__(self, file: str, line_offset: int = 0, col_offset: int = 0, fast: bool = False):
         self.file = file
         self.line_offset = line_offset
         self.col_offset = col_offset
+        self.fast = fast
         self.diagnostics: list[Diagnostic] = []
 
     # -------------------------------------------------------------- positions
-    def span(self, meta) -> Span:
-        if getattr(meta, "empty", True):
+    def span(self, extent) -> Span:
+        if extent is None:
             return n.NO_SPAN
-        return self._pos(meta.line, meta.column, meta.end_line, meta.end_column)
+        return self._pos(*extent)
 
     def tspan(self, tok: Token) -> Span:
         return self._pos(tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + len(tok))
 
     def _pos(self, line, col, end_line, end_col) -> Span:
-        def shift(l, c):
-            return l + self.line_offset, c + (self.col_offset if l == 1 else 0)
-
-        line, col = shift(line, col)
-        end_line, end_col = shift(end_line, end_col)
+        if self.line_offset or self.col_offset:  # inside a template: move to where the text sits in the file
+            if line == 1:
+                col += self.col_offset
+            if end_line == 1:
+                end_col += self.col_offset
+            line += self.line_offset
+            end_line += self.line_offset
         return Span(file=self.file, line=line, column=col, end_line=end_line, end_column=end_col)
 
     # -------------------------------------------------------------- top level
-    def start(self, meta, children):
+    def start(self, extent, children):
         return [c for c in children if c is not None]
 
-    def import_decl(self, meta, c):
-        return n.Import(path=self.plain_string(c[0]), span=self.span(meta))
+    def import_decl(self, extent, c):
+        return n.Import(path=self.plain_string(c[0]), span=self.span(extent))
 
-    def setting(self, meta, c):
-        return n.Setting(name=str(c[0]), value=c[1], span=self.span(meta), name_span=self.tspan(c[0]))
+    def setting(self, extent, c):
+        return n.Setting(name=str(c[0]), value=c[1], span=self.span(extent), name_span=self.tspan(c[0]))
 
-    def param(self, meta, c):
-        return n.Param(name=str(c[0]), type=c[1], default=c[2], span=self.span(meta), name_span=self.tspan(c[0]))
+    def param(self, extent, c):
+        return n.Param(name=str(c[0]), type=c[1], default=c[2], span=self.span(extent), name_span=self.tspan(c[0]))
 
-    def scenario(self, meta, c):
+    def scenario(self, extent, c):
         items = c[1:]
         return n.ScenarioDecl(
-            name=str(c[0]), name_span=self.tspan(c[0]), span=self.span(meta),
+            name=str(c[0]), name_span=self.tspan(c[0]), span=self.span(extent),
             settings=tuple(i for i in items if isinstance(i, n.Setting)),
             params=tuple(i for i in items if isinstance(i, n.Param)),
             order=tuple(("param:" if isinstance(i, n.Param) else "setting:") + i.name for i in items),
         )
 
-    def model(self, meta, c):
-        return n.ModelDecl(name=str(c[0]), name_span=self.tspan(c[0]), span=self.span(meta), settings=tuple(c[1:]))
+    def model(self, extent, c):
+        return n.ModelDecl(name=str(c[0]), name_span=self.tspan(c[0]), span=self.span(extent), settings=tuple(c[1:]))
 
     # -------------------------------------------------------------- personas
-    def persona(self, meta, c):
+    def persona(self, extent, c):
         fields = []
         for item in c[1:]:
             if isinstance(item, n.Setting):
                 item = n.PersonaField(name=item.name, value=item.value, sampled=False, span=item.span,
                                       name_span=item.name_span)
             fields.append(item)
-        return n.PersonaDecl(name=str(c[0]), name_span=self.tspan(c[0]), span=self.span(meta), fields=tuple(fields))
+        return n.PersonaDecl(name=str(c[0]), name_span=self.tspan(c[0]), span=self.span(extent), fields=tuple(fields))
 
-    def sampled(self, meta, c):
+    def sampled(self, extent, c):
         name, value, cases, reuse = c
         return n.PersonaField(name=str(name), value=value, sampled=True, cases=cases, reuse_per=reuse,
-                              span=self.span(meta), name_span=self.tspan(name))
+                              span=self.span(extent), name_span=self.tspan(name))
 
-    def cases(self, meta, c):
+    def cases(self, extent, c):
         return tuple(c)
 
-    def case(self, meta, c):
+    def case(self, extent, c):
         key_tok, value = c
         key_text, key = self.case_key(key_tok)
-        return n.Case(key=key, key_text=key_text, value=value, span=self.span(meta))
+        return n.Case(key=key, key_text=key_text, value=value, span=self.span(extent))
 
     def case_key(self, key):
         if isinstance(key, tuple):  # signed_number
@@ -143,18 +157,18 @@ class _Builder(Transformer):
             return "false", False
         return str(tok), str(tok)  # a bare name: `else` for the default case, or a category
 
-    def signed_number(self, meta, c):
+    def signed_number(self, extent, c):
         sign = "-" if len(c) == 2 else ""
         tok = c[-1]
         text = sign + str(tok)
         value = float(_number(text)) if tok.type == "FLOAT" else int(_number(text))
         return text, value
 
-    def reuse(self, meta, c):
+    def reuse(self, extent, c):
         return tuple(str(t) for t in c)
 
     # -------------------------------------------------------------- agents
-    def agent(self, meta, c):
+    def agent(self, extent, c):
         name, extends, *items = c
         settings, state, memory, order = [], [], None, []
         for item in items:
@@ -168,240 +182,240 @@ class _Builder(Transformer):
                 memory = item
                 order.append("memory")
         return n.AgentDecl(
-            name=str(name), name_span=self.tspan(name), span=self.span(meta),
+            name=str(name), name_span=self.tspan(name), span=self.span(extent),
             extends=str(extends) if extends is not None else None,
             extends_span=self.tspan(extends) if extends is not None else None,
             settings=tuple(settings), state=tuple(state), memory=memory, order=tuple(order),
         )
 
-    def extends(self, meta, c):
+    def extends(self, extent, c):
         return c[0]
 
-    def memory(self, meta, c):
+    def memory(self, extent, c):
         return c[0]
 
-    def state(self, meta, c):
-        return n.StateField(name=str(c[0]), type=c[1], default=c[2], span=self.span(meta), name_span=self.tspan(c[0]))
+    def state(self, extent, c):
+        return n.StateField(name=str(c[0]), type=c[1], default=c[2], span=self.span(extent), name_span=self.tspan(c[0]))
 
     # -------------------------------------------------------------- populations
-    def population(self, meta, c):
+    def population(self, extent, c):
         name, size, kind = c
         if isinstance(kind, Token):
-            return n.PopulationDecl(name=str(name), name_span=self.tspan(name), span=self.span(meta), size=size,
+            return n.PopulationDecl(name=str(name), name_span=self.tspan(name), span=self.span(extent), size=size,
                                     agent=str(kind), agent_span=self.tspan(kind))
-        return n.PopulationDecl(name=str(name), name_span=self.tspan(name), span=self.span(meta), size=size,
+        return n.PopulationDecl(name=str(name), name_span=self.tspan(name), span=self.span(extent), size=size,
                                 mixture=kind)
 
-    def mixture(self, meta, c):
+    def mixture(self, extent, c):
         return tuple(c)
 
-    def share(self, meta, c):
-        return n.Share(agent=str(c[0]), share=c[1], span=self.span(meta))
+    def share(self, extent, c):
+        return n.Share(agent=str(c[0]), share=c[1], span=self.span(extent))
 
-    def group_decl(self, meta, c):
+    def group_decl(self, extent, c):
         population, by, name = c
-        return n.GroupDecl(name=str(name), name_span=self.tspan(name), span=self.span(meta),
+        return n.GroupDecl(name=str(name), name_span=self.tspan(name), span=self.span(extent),
                            population=str(population), population_span=self.tspan(population), by=by)
 
     # -------------------------------------------------------------- environments
-    def environment(self, meta, c):
+    def environment(self, extent, c):
         name, kind, body = c
         kind_name, kind_args, kind_span = (None, (), None) if kind is None else kind
         return n.EnvironmentDecl(
-            name=str(name), name_span=self.tspan(name), span=self.span(meta), kind=kind_name,
+            name=str(name), name_span=self.tspan(name), span=self.span(extent), kind=kind_name,
             kind_args=kind_args, kind_span=kind_span, fields=body or (), has_body=body is not None,
         )
 
-    def kind(self, meta, c):
+    def kind(self, extent, c):
         return str(c[0]), tuple(c[1] or ()), self.tspan(c[0])
 
-    def env_body(self, meta, c):
+    def env_body(self, extent, c):
         return tuple(c)
 
-    def field(self, meta, c):
-        return n.EnvField(name=str(c[0]), type=c[1], value=c[2], span=self.span(meta), name_span=self.tspan(c[0]))
+    def field(self, extent, c):
+        return n.EnvField(name=str(c[0]), type=c[1], value=c[2], span=self.span(extent), name_span=self.tspan(c[0]))
 
     # -------------------------------------------------------------- workflow
-    def workflow(self, meta, c):
-        return n.WorkflowDecl(body=c[0], span=self.span(meta))
+    def workflow(self, extent, c):
+        return n.WorkflowDecl(body=c[0], span=self.span(extent))
 
-    def block(self, meta, c):
-        return n.Block(body=tuple(c), span=self.span(meta))
+    def block(self, extent, c):
+        return n.Block(body=tuple(c), span=self.span(extent))
 
-    def repeat(self, meta, c):
+    def repeat(self, extent, c):
         count, var, body = c
-        return n.Repeat(count=count, var=str(var) if var is not None else None, body=body, span=self.span(meta))
+        return n.Repeat(count=count, var=str(var) if var is not None else None, body=body, span=self.span(extent))
 
-    def for_stmt(self, meta, c):
-        return n.For(var=str(c[0]), iterable=c[1], body=c[2], span=self.span(meta))
+    def for_stmt(self, extent, c):
+        return n.For(var=str(c[0]), iterable=c[1], body=c[2], span=self.span(extent))
 
-    def if_stmt(self, meta, c):
+    def if_stmt(self, extent, c):
         test, body, *rest = c
         orelse = rest.pop() if rest and (rest[-1] is None or isinstance(rest[-1], n.Block)) else None
         branches = [(test, body)] + [r for r in rest]
-        return n.If(branches=tuple(branches), orelse=orelse, span=self.span(meta))
+        return n.If(branches=tuple(branches), orelse=orelse, span=self.span(extent))
 
-    def elif_(self, meta, c):
+    def elif_(self, extent, c):
         return (c[0], c[1])
 
-    def else_(self, meta, c):
+    def else_(self, extent, c):
         return c[0]
 
-    def stop(self, meta, c):
-        return n.Stop(condition=c[0], scope="run", span=self.span(meta))
+    def stop(self, extent, c):
+        return n.Stop(condition=c[0], scope="run", span=self.span(extent))
 
-    def break_stmt(self, meta, c):
-        return n.Stop(condition=c[0], scope="loop", span=self.span(meta))
+    def break_stmt(self, extent, c):
+        return n.Stop(condition=c[0], scope="loop", span=self.span(extent))
 
-    def ask(self, meta, c):
+    def ask(self, extent, c):
         population, where, using, prompt, _arrow, output = c
         model, model_span = (None, None) if using is None else using
         return n.Ask(population=str(population), population_span=self.tspan(population), where=where,
                      model=model, model_span=model_span, prompt=self.template(prompt), output=output,
-                     span=self.span(meta))
+                     span=self.span(extent))
 
-    def where(self, meta, c):
+    def where(self, extent, c):
         return c[0]
 
-    def using(self, meta, c):
+    def using(self, extent, c):
         return str(c[0]), self.tspan(c[0])
 
-    def output(self, meta, c):
-        return n.Output(name=str(c[0]), type=c[1], span=self.span(meta), name_span=self.tspan(c[0]))
+    def output(self, extent, c):
+        return n.Output(name=str(c[0]), type=c[1], span=self.span(extent), name_span=self.tspan(c[0]))
 
-    def tell(self, meta, c):
+    def tell(self, extent, c):
         target, sender, where, message = c
         sender_name, sender_span = (None, None) if sender is None else sender
         return n.Tell(target=target, sender=sender_name, sender_span=sender_span, where=where,
-                      message=self.template(message), span=self.span(meta))
+                      message=self.template(message), span=self.span(extent))
 
-    def from_(self, meta, c):
+    def from_(self, extent, c):
         return str(c[0]), self.tspan(c[0])
 
-    def broadcast(self, meta, c):
+    def broadcast(self, extent, c):
         population, message = c
         return n.Broadcast(population=str(population) if population is not None else None,
                            population_span=self.tspan(population) if population is not None else None,
-                           message=self.template(message), span=self.span(meta))
+                           message=self.template(message), span=self.span(extent))
 
-    def let(self, meta, c):
-        return n.Let(name=str(c[0]), value=c[1], span=self.span(meta), name_span=self.tspan(c[0]))
+    def let(self, extent, c):
+        return n.Let(name=str(c[0]), value=c[1], span=self.span(extent), name_span=self.tspan(c[0]))
 
-    def assign(self, meta, c):
+    def assign(self, extent, c):
         target, op, value, where = c
-        return n.Assign(target=target, op=str(op), value=value, where=where, span=self.span(meta))
+        return n.Assign(target=target, op=str(op), value=value, where=where, span=self.span(extent))
 
-    def assign_eq(self, meta, c):
+    def assign_eq(self, extent, c):
         target, value, where = c
-        return n.Assign(target=target, op="=", value=value, where=where, span=self.span(meta))
+        return n.Assign(target=target, op="=", value=value, where=where, span=self.span(extent))
 
-    def record(self, meta, c):
-        return n.Record(items=tuple(c), span=self.span(meta))
+    def record(self, extent, c):
+        return n.Record(items=tuple(c), span=self.span(extent))
 
-    def record_item(self, meta, c):
-        return n.RecordItem(name=str(c[0]) if c[0] is not None else None, value=c[1], span=self.span(meta))
+    def record_item(self, extent, c):
+        return n.RecordItem(name=str(c[0]) if c[0] is not None else None, value=c[1], span=self.span(extent))
 
-    def call_stmt(self, meta, c):
-        return n.CallStmt(call=c[0], span=self.span(meta))
+    def call_stmt(self, extent, c):
+        return n.CallStmt(call=c[0], span=self.span(extent))
 
     # -------------------------------------------------------------- types
-    def simple_type(self, meta, c):
+    def simple_type(self, extent, c):
         name, rng = c
         low, high = rng if rng is not None else (None, None)
-        return n.TypeExpr(name=str(name), low=low, high=high, span=self.span(meta))
+        return n.TypeExpr(name=str(name), low=low, high=high, span=self.span(extent))
 
-    def range(self, meta, c):
+    def range(self, extent, c):
         return c[0], c[2]
 
-    def call_type(self, meta, c):
-        return n.TypeExpr(name=str(c[0]), args=tuple(c[1] or ()), form="call", span=self.span(meta))
+    def call_type(self, extent, c):
+        return n.TypeExpr(name=str(c[0]), args=tuple(c[1] or ()), form="call", span=self.span(extent))
 
-    def generic_type(self, meta, c):
-        return n.TypeExpr(name=str(c[0]), item=c[1], form="generic", span=self.span(meta))
+    def generic_type(self, extent, c):
+        return n.TypeExpr(name=str(c[0]), item=c[1], form="generic", span=self.span(extent))
 
-    def record_type(self, meta, c):
-        return n.TypeExpr(name="record", fields=tuple(c), form="record", span=self.span(meta))
+    def record_type(self, extent, c):
+        return n.TypeExpr(name="record", fields=tuple(c), form="record", span=self.span(extent))
 
-    def type_field(self, meta, c):
+    def type_field(self, extent, c):
         return (str(c[0]), c[1])
 
     # -------------------------------------------------------------- expressions
-    def ifexp(self, meta, c):
-        return n.IfExp(then=c[0], test=c[1], orelse=c[2], span=self.span(meta))
+    def ifexp(self, extent, c):
+        return n.IfExp(then=c[0], test=c[1], orelse=c[2], span=self.span(extent))
 
-    def binop(self, meta, c):
+    def binop(self, extent, c):
         left, op, right = c
-        return n.BinOp(op=str(op), left=left, right=right, span=self.span(meta))
+        return n.BinOp(op=str(op), left=left, right=right, span=self.span(extent))
 
-    def not_in(self, meta, c):
-        return n.BinOp(op="not in", left=c[0], right=c[3], span=self.span(meta))
+    def not_in(self, extent, c):
+        return n.BinOp(op="not in", left=c[0], right=c[3], span=self.span(extent))
 
-    def unop(self, meta, c):
-        return n.UnaryOp(op=str(c[0]), operand=c[1], span=self.span(meta))
+    def unop(self, extent, c):
+        return n.UnaryOp(op=str(c[0]), operand=c[1], span=self.span(extent))
 
-    def attr(self, meta, c):
-        return n.Attr(value=c[0], attr=str(c[1]), span=self.span(meta))
+    def attr(self, extent, c):
+        return n.Attr(value=c[0], attr=str(c[1]), span=self.span(extent))
 
-    def index(self, meta, c):
-        return n.Index(value=c[0], index=c[1], span=self.span(meta))
+    def index(self, extent, c):
+        return n.Index(value=c[0], index=c[1], span=self.span(extent))
 
-    def call(self, meta, c):
-        return n.Call(func=c[0], args=tuple(c[1] or ()), span=self.span(meta))
+    def call(self, extent, c):
+        return n.Call(func=c[0], args=tuple(c[1] or ()), span=self.span(extent))
 
-    def args(self, meta, c):
+    def args(self, extent, c):
         return tuple(a if isinstance(a, n.Arg) else n.Arg(value=a, span=a.span) for a in c)
 
-    def kwarg(self, meta, c):
-        return n.Arg(name=str(c[0]), value=c[1], span=self.span(meta))
+    def kwarg(self, extent, c):
+        return n.Arg(name=str(c[0]), value=c[1], span=self.span(extent))
 
-    def pair(self, meta, c):
-        return n.Arg(key=c[0], value=c[1], span=self.span(meta))
+    def pair(self, extent, c):
+        return n.Arg(key=c[0], value=c[1], span=self.span(extent))
 
-    def int_lit(self, meta, c):
-        return n.Literal(value=int(_number(c[0])), kind="int", text=str(c[0]), span=self.span(meta))
+    def int_lit(self, extent, c):
+        return n.Literal(value=int(_number(c[0])), kind="int", text=str(c[0]), span=self.span(extent))
 
-    def float_lit(self, meta, c):
-        return n.Literal(value=float(_number(c[0])), kind="float", text=str(c[0]), span=self.span(meta))
+    def float_lit(self, extent, c):
+        return n.Literal(value=float(_number(c[0])), kind="float", text=str(c[0]), span=self.span(extent))
 
-    def percent_lit(self, meta, c):
-        return n.Literal(value=float(_number(c[0][:-1])) / 100, kind="percent", text=str(c[0]), span=self.span(meta))
+    def percent_lit(self, extent, c):
+        return n.Literal(value=float(_number(c[0][:-1])) / 100, kind="percent", text=str(c[0]), span=self.span(extent))
 
-    def duration_lit(self, meta, c):
+    def duration_lit(self, extent, c):
         text = str(c[0])
         for unit, factor in (("ms", 0.001), ("min", 60.0), ("h", 3600.0), ("s", 1.0)):
             if text.endswith(unit):
                 return n.Literal(value=float(_number(text[: -len(unit)])) * factor, kind="duration", text=text,
-                                 span=self.span(meta))
+                                 span=self.span(extent))
         raise AssertionError(text)  # the grammar's DURATION terminal admits only these units
 
-    def string_lit(self, meta, c):
+    def string_lit(self, extent, c):
         return self.template(c[0], allow_plain=True)
 
-    def true_lit(self, meta, c):
-        return n.Literal(value=True, kind="bool", text="true", span=self.span(meta))
+    def true_lit(self, extent, c):
+        return n.Literal(value=True, kind="bool", text="true", span=self.span(extent))
 
-    def false_lit(self, meta, c):
-        return n.Literal(value=False, kind="bool", text="false", span=self.span(meta))
+    def false_lit(self, extent, c):
+        return n.Literal(value=False, kind="bool", text="false", span=self.span(extent))
 
-    def none_lit(self, meta, c):
-        return n.Literal(value=None, kind="none", text="none", span=self.span(meta))
+    def none_lit(self, extent, c):
+        return n.Literal(value=None, kind="none", text="none", span=self.span(extent))
 
-    def name(self, meta, c):
-        return n.Name(id=str(c[0]), span=self.span(meta))
+    def name(self, extent, c):
+        return n.Name(id=str(c[0]), span=self.span(extent))
 
-    def list_lit(self, meta, c):
-        return n.ListLit(items=tuple(x for x in c if x is not None), span=self.span(meta))
+    def list_lit(self, extent, c):
+        return n.ListLit(items=tuple(x for x in c if x is not None), span=self.span(extent))
 
-    def tuple_lit(self, meta, c):
-        return n.ListLit(items=tuple(x for x in c if x is not None), span=self.span(meta))
+    def tuple_lit(self, extent, c):
+        return n.ListLit(items=tuple(x for x in c if x is not None), span=self.span(extent))
 
-    def record_lit(self, meta, c):
-        return n.RecordLit(fields=tuple(c), span=self.span(meta))
+    def record_lit(self, extent, c):
+        return n.RecordLit(fields=tuple(c), span=self.span(extent))
 
-    def empty_record(self, meta, c):
-        return n.RecordLit(fields=(), span=self.span(meta))
+    def empty_record(self, extent, c):
+        return n.RecordLit(fields=(), span=self.span(extent))
 
-    def record_entry(self, meta, c):
+    def record_entry(self, extent, c):
         key = c[0]
         return (self.plain_string(key) if key.type == "STRING" else str(key), c[1])
 
@@ -486,8 +500,13 @@ class _Builder(Transformer):
         return n.Template(parts=tuple(parts), long=long, span=span)
 
     def sub_expression(self, source: str, line: int, col: int) -> n.Expr:
-        from .parser import parse_text  # parser imports nothing from here; the cycle is only at call time
-
+        sub = _Builder(self.file, line_offset=line - 1 + self.line_offset,
+                       col_offset=col - 1 + (self.col_offset if line == 1 else 0), fast=self.fast)
+        if self.fast:
+            expr = _simple_reference(source, sub) or parse_direct(source, "expr", sub)
+            if expr is None:
+                raise _SlowPath(source)
+            return expr
         tree, diagnostics = parse_text(source, self.file, start="expr")
         if diagnostics:
             d = diagnostics[0]
@@ -501,9 +520,51 @@ class _Builder(Transformer):
             raise BuildError(Diagnostic(code="E0012", message=f"in a template: {message}",
                                         span=Span(file=self.file, line=l0, column=c0, end_line=l1, end_column=c1),
                                         label=d.label, hint="the text between {{ and }} must be one expression"))
-        sub = _Builder(self.file, line_offset=line - 1 + self.line_offset,
-                       col_offset=col - 1 + (self.col_offset if line == 1 else 0))
-        return sub.transform(tree)
+        return _FromTree(sub).transform(tree)
+
+
+class _FromTree(Transformer):
+    """Build from a lark.Tree: the diagnosing path, and `--set` values parsed with parse_text."""
+
+    def __init__(self, builder: _Builder):
+        super().__init__()
+        self.builder = builder
+
+    def __default__(self, data, children, meta):
+        extent = None if getattr(meta, "empty", True) else (meta.line, meta.column, meta.end_line, meta.end_column)
+        return getattr(self.builder, data)(extent, children)
+
+
+# `{{ name }}` and `{{ a.b.c }}` are most interpolations: build them without a parse. A keyword
+# (`true`, `not`, ...) would lex as something else, so those words take the parser's way.
+_SIMPLE_REFERENCE = re.compile(r"([ \t]*)([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)[ \t]*")
+
+
+@functools.cache
+def _keywords() -> frozenset:
+    """Every word the grammar spells out as a terminal of its own."""
+    from .parser import lark_parser
+
+    word = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+    return frozenset(t.pattern.value for t in lark_parser("expr").terminals
+                     if t.pattern.type == "str" and word.fullmatch(t.pattern.value))
+
+
+def _simple_reference(source: str, builder: _Builder) -> n.Expr | None:
+    """`name` or `a.b.c` as Name and Attr nodes, with the spans the parser would give; else None."""
+    match = _SIMPLE_REFERENCE.fullmatch(source)
+    if match is None:
+        return None
+    names = match.group(2).split(".")
+    if not _keywords().isdisjoint(names):
+        return None
+    start = len(match.group(1)) + 1  # columns in the source text, 1-based
+    end = start + len(names[0])
+    expr: n.Expr = n.Name(id=names[0], span=builder.span((1, start, 1, end)))
+    for attr in names[1:]:
+        end += 1 + len(attr)
+        expr = n.Attr(value=expr, attr=attr, span=builder.span((1, start, 1, end)))
+    return expr
 
 
 def _dedent_parts(parts: list) -> list:
@@ -525,8 +586,22 @@ def _dedent_parts(parts: list) -> list:
     return out
 
 
+def parse_module(text: str, file: str) -> n.Module | None:
+    """Parse and build `text` in one pass; None if it has any error (parse_text and build_module word them)."""
+    try:
+        decls = parse_direct(text, "start", _Builder(file, fast=True))
+    except (BuildError, _SlowPath):
+        return None
+    if decls is None:
+        return None
+    module = n.Module(path=file, decls=tuple(decls), span=Span(file=file, line=1, column=1, end_line=1, end_column=1))
+    if _too_deep(module) is not None:
+        return None
+    return module
+
+
 def build_module(tree: Tree, file: str) -> tuple[n.Module | None, list[Diagnostic]]:
-    builder = _Builder(file)
+    builder = _FromTree(_Builder(file))
     try:
         decls = builder.transform(tree)
     except BuildError as e:
@@ -582,5 +657,5 @@ def _too_deep(module: n.Module) -> Span | None:
 
 
 def build_expression(tree: Tree, file: str) -> n.Expr:
-    return _Builder(file).transform(tree)
+    return _FromTree(_Builder(file)).transform(tree)
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from . import nodes as n
-from .build import build_module
+from .build import build_module, parse_module
 from .diagnostics import Diagnostic, DiagnosticError, Reporter
 from .parser import parse_text
 
@@ -51,6 +51,9 @@ def decode_source(data: bytes, file: str) -> tuple[str | None, list[Diagnostic]]
 
 
 def parse_source(text: str, file: str) -> tuple[n.Module | None, list[Diagnostic]]:
+    module = parse_module(text, file)  # the fast way, for text without errors
+    if module is not None:
+        return module, []
     tree, diagnostics = parse_text(text, file)
     if tree is None:
         return None, diagnostics

@@ -3,6 +3,8 @@
 In: a file name and its bytes or text. Out: a lark.Tree (for dsl.build) or a DiagnosticError
 whose diagnostics say, in a researcher's words, what was expected where.
 The grammar (populace.lark) is LALR; the post-lexer makes newlines significant outside brackets.
+`parse_direct` is the fast way for text without errors: it runs Lark's own tables and lexers in one
+loop and hands each rule's children straight to a builder, with no lark.Tree in between.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from importlib import resources
 
 from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lark import PostLex
+from lark.parse_tree_builder import ChildFilterLALR, maybe_create_child_filter
+from lark.parsers.lalr_analysis import Shift
 
 from .diagnostics import Diagnostic, did_you_mean
 from .nodes import Span
@@ -354,3 +358,204 @@ def _braces_before(text: str, parser: Lark, e: UnexpectedInput) -> list:
     except (UnexpectedInput, NestingTooDeep):
         return stack
     return stack
+
+
+# ----------------------------------------------------------------- the direct path
+# Lark's parse (lexer, post-lexer, LALR loop, Tree and position wrappers per reduction) plus a
+# Transformer over the Tree cost ~2 s for 10,000 lines. parse_direct runs the same tables and the
+# same per-state lexers (taken from the Lark object, so the grammar stays the single source) in one
+# loop, and gives each rule's children straight to the builder. It reproduces exactly what the
+# Tree would have held:
+# - children: Lark's own child filter (anonymous tokens and `_NL` dropped, `_rules` inlined,
+#   `[optional]` parts as None), computed once per rule;
+# - positions: `propagate_positions` semantics, where a rule spans from the start of its first child's
+#   *container* to the end of its last one's. A container is wider than its node only for `( expr )`:
+#   the parentheses belong to the container, not to the expression's own span;
+# - `?rule` with one child returns the child; the long chains expr -> ... -> atom cost one table
+#   lookup each and nothing else.
+# It gives up (returns None) at the first error: the caller then parses again with parse_text, whose
+# diagnostics are the only ones; errors are rare and worth their second parse.
+
+_UNIT, _INLINE, _EXPAND1, _BUILD = range(4)
+
+
+class _Rule:
+    __slots__ = ("origin", "size", "kind", "name", "include", "trailing_nones")
+
+    def __init__(self, rule):
+        self.origin = rule.origin.name
+        self.size = len(rule.expansion)
+        self.name = rule.alias or rule.options.template_source or rule.origin.name
+        child_filter = maybe_create_child_filter(rule.expansion, rule.options.keep_all_tokens, False,
+                                                 rule.options.empty_indices)
+        if child_filter is None:
+            self.include, self.trailing_nones = None, 0
+        elif child_filter.func is ChildFilterLALR:
+            self.include, self.trailing_nones = tuple(child_filter.args[0]), child_filter.args[1]
+        else:  # ChildFilterLALR_NoPlaceholders
+            self.include, self.trailing_nones = tuple((i, expand, 0) for i, expand in child_filter.args[0]), 0
+        expand1 = rule.options.expand1 and not rule.alias
+        if self.origin.startswith("_"):
+            self.kind = _INLINE  # the parent splices the children in (Lark's `_rule`)
+        elif expand1 and self.size == 1 and self.include is None:
+            self.kind = _UNIT  # `?a: b` reduced to its one child: nothing changes but the state
+        elif expand1:
+            self.kind = _EXPAND1
+        else:
+            self.kind = _BUILD
+
+
+class _Tables:
+    __slots__ = ("actions", "scanners", "rules", "start_state", "end_state", "ignore", "newline_types",
+                 "all_newlines")
+
+    def __init__(self, start: str):
+        parser = lark_parser(start)
+        table = parser.parser.parser.parser.parse_table
+        contextual = parser.parser.lexer.lexer  # PostLexConnector -> ContextualLexer
+        rule_ids: dict = {}
+        self.rules: list[_Rule] = []
+        # One dict per state: symbol -> target state (shift or goto, >= 0) or ~rule index (reduce, < 0).
+        self.actions: list = [None] * (max(table.states) + 1)
+        for state, row in table.states.items():
+            encoded = {}
+            for symbol, (action, arg) in row.items():
+                if action is Shift:
+                    encoded[symbol] = arg
+                else:
+                    if arg not in rule_ids:
+                        rule_ids[arg] = len(self.rules)
+                        self.rules.append(_Rule(arg))
+                    encoded[symbol] = ~rule_ids[arg]
+            self.actions[state] = encoded
+        self.scanners: list = [None] * len(self.actions)
+        for state, lexer in contextual.lexers.items():
+            self.scanners[state] = tuple(lexer.scanner._mres)
+        self.start_state = table.start_states[start]
+        self.end_state = table.end_states[start]
+        root = contextual.root_lexer
+        self.ignore = root.ignore_types
+        self.newline_types = root.newline_types
+        self.all_newlines = start == "expr"  # as NewlinePostLexer(all_newlines=...) in lark_parser
+
+
+@functools.cache
+def _tables(start: str) -> _Tables:
+    return _Tables(start)
+
+
+def parse_direct(text: str, start: str, builder):
+    """Parse `text` and build it in the same pass; None if the text has any syntax error.
+
+    Each rule calls `builder.<rule name>(extent, children)`, as a lark Transformer would be called
+    on the Tree; `extent` is (line, column, end_line, end_column), or None for an empty rule.
+    """
+    tables = _tables(start)
+    actions, scanners, rules = tables.actions, tables.scanners, tables.rules
+    ignore, newline_types, all_newlines = tables.ignore, tables.newline_types, tables.all_newlines
+    end_state = tables.end_state
+    states = [tables.start_state]
+    values: list = []
+    extents: list = []
+    pos, end, line, line_start = 0, len(text), 1, 0
+    depth, last_was_newline = 0, True
+    new_token = Token
+    while True:
+        # ---- the next token, lexed in the current state's context (ContextualLexer + NewlinePostLexer)
+        if pos < end:
+            for scanner in scanners[states[-1]]:
+                match = scanner.match(text, pos)
+                if match is not None:
+                    break
+            else:
+                return None
+            value = match.group()
+            kind = match.lastgroup
+            token_line, column, token_pos = line, pos - line_start + 1, pos
+            if kind in newline_types:
+                newlines = value.count("\n")
+                if newlines:
+                    line += newlines
+                    line_start = pos + value.rindex("\n") + 1
+            pos += len(value)
+            if kind in ignore:
+                continue
+            if kind == "_NL":
+                if depth or all_newlines or last_was_newline:
+                    continue
+                last_was_newline = True
+            else:
+                if kind in _OPEN:
+                    depth += 1
+                    if depth > MAX_NESTING:
+                        return None
+                elif kind in _CLOSE and depth:
+                    depth -= 1
+                last_was_newline = False
+            token = new_token(kind, value, token_pos, token_line, column, line, pos - line_start + 1, pos)
+            at_end = False
+        else:
+            kind, at_end = "$END", True
+        # ---- reduce as far as the token allows, then shift it
+        while True:
+            action = actions[states[-1]].get(kind)
+            if action is None:
+                return None
+            if action >= 0:
+                if at_end:
+                    return None
+                states.append(action)
+                values.append(token)
+                extents.append((token_line, column, line, pos - line_start + 1))
+                break
+            rule = rules[~action]
+            if rule.kind is _UNIT:
+                states[-1] = actions[states[-2]][rule.origin]
+                continue
+            size = rule.size
+            if size:
+                children = values[-size:]
+                child_extents = extents[-size:]
+                del states[-size:], values[-size:], extents[-size:]
+                first, last = child_extents[0], child_extents[-1]
+                if first is None or last is None:
+                    positioned = [e for e in child_extents if e is not None]
+                    first, last = (positioned[0], positioned[-1]) if positioned else (None, None)
+                extent = first if first is last or first is None else (first[0], first[1], last[2], last[3])
+            else:
+                children, extent = [], None
+            if rule.include is not None:
+                children = _filter(children, rule.include, rule.trailing_nones)
+            if rule.kind is _INLINE:
+                value = children
+            elif rule.kind is _EXPAND1 and len(children) == 1:
+                value = children[0]
+                if value is None:
+                    extent = None
+                elif isinstance(value, Token):  # a token keeps its own position, as in propagate_positions
+                    extent = (value.line, value.column, value.end_line, value.end_column)
+            else:
+                value = getattr(builder, rule.name)(extent, children)
+            states.append(actions[states[-1]][rule.origin])
+            values.append(value)
+            extents.append(extent)
+            if at_end and states[-1] == end_state:
+                return value
+
+
+def _filter(children: list, include: tuple, trailing_nones: int) -> list:
+    """Lark's ChildFilterLALR: keep, splice (`_rule`) or pad with None, as the Tree's children would be."""
+    kept: list = []
+    for i, expand, nones in include:
+        if nones:
+            kept += [None] * nones
+        if expand:
+            if kept:
+                kept += children[i]
+            else:  # left recursion (`items: items "," item`): extend the child's own list, as Lark does
+                kept = children[i]
+        else:
+            kept.append(children[i])
+    if trailing_nones:
+        kept += [None] * trailing_nones
+    return kept

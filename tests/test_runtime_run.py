@@ -190,7 +190,8 @@ def test_division_by_zero_fails_the_run_with_the_scenario_line(tmp_path):
     summary, metrics, run_dir = run(path, tmp_path, "z", overrides=["players=50"])
     assert summary["status"] == "failed"
     failed = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if '"run_failed"' in x]
-    assert "zero.pop:60:" in failed[0]["error"] and "division by zero" in failed[0]["error"]
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "let target" in l)
+    assert f"zero.pop:{line}:" in failed[0]["error"] and "division by zero" in failed[0]["error"]
 
 
 def test_memory_keeps_the_last_entries(tmp_path):
