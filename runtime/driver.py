@@ -110,7 +110,8 @@ class Driver:
             self.emit({"type": "run_failed", "error": str(e)})
             status = "failed"
         except Exception as e:  # a shard raised (RayTaskError wraps it): record it, fail loudly
-            self.emit({"type": "run_failed", "error": f"{type(e).__name__}: {e}"})
+            cause = getattr(e, "cause", None) or e  # RayTaskError keeps the shard's own exception
+            self.emit({"type": "run_failed", "error": f"{type(cause).__name__}: {cause}"})
             status = "failed"
         seconds = time.monotonic() - self.started
         summary = self.summary(status, seconds)

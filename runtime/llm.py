@@ -53,7 +53,8 @@ class CallLog:
 class Limiter:
     """This shard's share of a model's per-minute limits: requests and tokens, in a sliding minute."""
 
-    def __init__(self, per_minute: float | None, tokens_per_minute: float | None):
+    def __init__(self, per_minute: float | None, tokens_per_minute: float | None, window: float = 60.0):
+        self.window = window  # seconds; tests shrink it
         self.per_minute = per_minute
         self.tokens_per_minute = tokens_per_minute
         self.requests: list[float] = []
@@ -66,14 +67,14 @@ class Limiter:
         async with self.lock:
             while True:
                 now = time.monotonic()
-                self.requests = [t for t in self.requests if now - t < 60]
-                self.tokens = [(t, k) for t, k in self.tokens if now - t < 60]
+                self.requests = [t for t in self.requests if now - t < self.window]
+                self.tokens = [(t, k) for t, k in self.tokens if now - t < self.window]
                 wait = 0.0
                 if self.per_minute and len(self.requests) >= self.per_minute:
-                    wait = max(wait, 60 - (now - self.requests[0]))
+                    wait = max(wait, self.window - (now - self.requests[0]))
                 used = sum(k for _, k in self.tokens)
                 if self.tokens_per_minute and self.tokens and used + tokens > self.tokens_per_minute:
-                    wait = max(wait, 60 - (now - self.tokens[0][0]))
+                    wait = max(wait, self.window - (now - self.tokens[0][0]))
                 if wait <= 0:
                     self.requests.append(now)
                     self.tokens.append((now, tokens))
@@ -89,7 +90,8 @@ def share(limit, index: int, shards: int):
 
 
 class LLMModel:
-    def __init__(self, model: dict, shard_index: int, shards: int, cache: ResponseCache | None, replay: bool):
+    def __init__(self, model: dict, shard_index: int, shards: int, cache: ResponseCache | None, replay: bool,
+                 environment: dict | None = None):
         self.name = model["name"]
         self.provider = model["provider"]
         self.settings = model["settings"]
@@ -103,10 +105,12 @@ class LLMModel:
         self.cache = cache
         self.replay = replay
         key_env = self.settings.get("api_key_env")
-        self.api_key = os.environ.get(key_env) if key_env else None
+        environment = {**os.environ, **(environment or {})}
+        self.api_key = environment.get(key_env) if key_env else None
         if not self.api_key and not replay:
             raise ModelError(f"model `{self.name}`: the environment variable {key_env} is not set")
-        base = self.settings.get("base_url")
+        base = self.settings.get("base_url") or environment.get(
+            {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}[self.provider])
         self.base_urls = base if isinstance(base, list) else [base]
         # Parameters that change the answer: part of the cache key.
         self.params = {k: self.settings[k] for k in ("max_tokens", "temperature", "top_p", "stop")
@@ -289,7 +293,7 @@ def _messages(memory: list, prompt: str) -> list[dict]:
 
 
 def _is_connection_error(e: Exception) -> bool:
-    names = {type(c).__name__ for c in type(e).__mro__}
+    names = {c.__name__ for c in type(e).__mro__}
     return bool(names & {"APIConnectionError", "APITimeoutError", "ConnectionError", "TimeoutError"})
 
 

@@ -300,4 +300,4 @@ def make_model(model: dict, shard_index: int = 0, shards: int = 1, options: dict
 
     options = options or {}
     cache = ResponseCache(options["cache"]) if options.get("cache") else None
-    return LLMModel(model, shard_index, shards, cache, bool(options.get("replay")))
+    return LLMModel(model, shard_index, shards, cache, bool(options.get("replay")), options.get("environment"))

@@ -5,7 +5,7 @@ and by tests; the same code path for the local and the ray executor.
 """
 from __future__ import annotations
 
-from .driver import Driver
+from .driver import Driver, used_models
 from .executors import make_executor
 from .progress import Progress
 from .rundir import RunDir, new_run_dir
@@ -19,7 +19,8 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
     import os
 
     directory = RunDir(run_dir or new_run_dir(plan.scenario["name"]))
-    options = {"cache": os.path.abspath(cache or directory.file("cache.sqlite")), "replay": replay}
+    options = {"cache": os.path.abspath(cache or directory.file("cache.sqlite")), "replay": replay,
+               "environment": model_environment(plan)}
     ex = make_executor(executor, plan, shards, address, options)
     try:
         with Progress(quiet=quiet) as progress:
@@ -32,3 +33,25 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
     finally:
         ex.close()
         directory.close()
+
+
+# Environment variables an LLM client reads besides the named key variable.
+_PROVIDER_ENV = {"anthropic": ("ANTHROPIC_BASE_URL",), "openai": ("OPENAI_BASE_URL",)}
+
+
+def model_environment(plan) -> dict:
+    """The variables the shards' model clients need (API keys, base URLs), taken from this process.
+
+    Shards on other machines (or started before the variable was set) do not share this process's
+    environment, so the values travel with the shard's constructor arguments. They are never
+    written to the run directory, the plan or an event.
+    """
+    import os
+
+    out = {}
+    for name in used_models(plan):
+        model = plan.models[name]
+        for var in (model.settings.get("api_key_env"),) + _PROVIDER_ENV.get(model.provider, ()):
+            if var and var in os.environ:
+                out[var] = os.environ[var]
+    return out
