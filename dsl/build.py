@@ -637,13 +637,17 @@ def _too_deep(module: n.Module) -> Span | None:
 
     `1 + 1 + ... + 1` is as deep as it is long; iterative, so the check itself cannot overflow.
     """
+    # Only nodes and tuples are pushed (names, numbers and strings have nothing below them), in the
+    # same order as ever, so the expression found first is the same.
+    branches = (n.Node, tuple)
     stack: list = [(module, 0, None)]
+    push = stack.append
     while stack:
         node, depth, root = stack.pop()
         if isinstance(node, tuple):
-            stack.extend((item, depth, root) for item in node)
-            continue
-        if not isinstance(node, n.Node):
+            for item in node:
+                if isinstance(item, branches):
+                    push((item, depth, root))
             continue
         if isinstance(node, n.Expr):
             depth, root = depth + 1, root or node
@@ -652,7 +656,10 @@ def _too_deep(module: n.Module) -> Span | None:
         names = _FIELDS.get(type(node))
         if names is None:
             names = _FIELDS[type(node)] = tuple(f.name for f in fields(node) if f.compare)
-        stack.extend((getattr(node, name), depth, root) for name in names)
+        for name in names:
+            value = getattr(node, name)
+            if isinstance(value, branches):
+                push((value, depth, root))
     return None
 
 

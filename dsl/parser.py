@@ -15,6 +15,7 @@ from importlib import resources
 
 from lark import Lark, Token, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.lark import PostLex
+from lark.lexer import UnlessCallback
 from lark.parse_tree_builder import ChildFilterLALR, maybe_create_child_filter
 from lark.parsers.lalr_analysis import Shift
 
@@ -380,7 +381,7 @@ _UNIT, _INLINE, _EXPAND1, _BUILD = range(4)
 
 
 class _Rule:
-    __slots__ = ("origin", "size", "kind", "name", "include", "trailing_nones")
+    __slots__ = ("origin", "size", "kind", "name", "include", "trailing_nones", "kept_indices")
 
     def __init__(self, rule):
         self.origin = rule.origin.name
@@ -395,6 +396,8 @@ class _Rule:
         else:  # ChildFilterLALR_NoPlaceholders
             self.include, self.trailing_nones = tuple((i, expand, 0) for i, expand in child_filter.args[0]), 0
         expand1 = rule.options.expand1 and not rule.alias
+        self.kept_indices = frozenset(range(self.size)) if self.include is None else \
+            frozenset(i for i, expand, nones in self.include)
         if self.origin.startswith("_"):
             self.kind = _INLINE  # the parent splices the children in (Lark's `_rule`)
         elif expand1 and self.size == 1 and self.include is None:
@@ -404,10 +407,14 @@ class _Rule:
         else:
             self.kind = _BUILD
 
+    def keeps(self, i: int) -> bool:
+        """Whether the i-th symbol of the expansion is among the children."""
+        return i in self.kept_indices
+
 
 class _Tables:
-    __slots__ = ("actions", "scanners", "rules", "start_state", "end_state", "ignore", "newline_types",
-                 "all_newlines")
+    __slots__ = ("actions", "contextual", "lexers", "rules", "kept", "start_state", "end_state", "ignore",
+                 "newline_types", "all_newlines", "unit_chains")
 
     def __init__(self, start: str):
         parser = lark_parser(start)
@@ -428,15 +435,46 @@ class _Tables:
                         self.rules.append(_Rule(arg))
                     encoded[symbol] = ~rule_ids[arg]
             self.actions[state] = encoded
-        self.scanners: list = [None] * len(self.actions)
-        for state, lexer in contextual.lexers.items():
-            self.scanners[state] = tuple(lexer.scanner._mres)
+        # Terminals some rule keeps as a child; the others (`{`, `=`, keywords, `_NL`) need no Token.
+        self.kept = frozenset(symbol.name for rule, index in rule_ids.items() for i, symbol in enumerate(rule.expansion)
+                              if symbol.is_term and self.rules[index].keeps(i))
+        self.contextual = contextual
+        self.lexers: list = [None] * len(self.actions)  # per state, made on first use like Lark's: see lexer()
         self.start_state = table.start_states[start]
         self.end_state = table.end_states[start]
         root = contextual.root_lexer
         self.ignore = root.ignore_types
         self.newline_types = root.newline_types
         self.all_newlines = start == "expr"  # as NewlinePostLexer(all_newlines=...) in lark_parser
+        self.unit_chains: dict = {}  # (state below, top state, terminal) -> top state after the `?rule` chain
+
+    def follow_units(self, below: int, top: int, terminal: str) -> int:
+        """The state after every `?a: b` reduction that `terminal` triggers from `top` (over `below`).
+
+        A number ends `expr -> conditional -> ... -> atom`: ten reductions that change nothing but
+        the state, and depend only on these three things; parse_direct remembers the answer.
+        """
+        while top != self.end_state:
+            action = self.actions[top].get(terminal)
+            if action is None or action >= 0 or self.rules[~action].kind is not _UNIT:
+                break
+            top = self.actions[below][self.rules[~action].origin]
+        return top
+
+    def lexer(self, state: int) -> tuple:
+        """(regexes, keywords) of the state's lexer: Lark's compiled alternations, tried in order, and
+        {terminal: {word: keyword terminal}} for a word the NAME regex took that is a keyword (Lark's
+        UnlessCallback)."""
+        lexer = self.contextual.lexers[state]
+        regexes = tuple(lexer.scanner._mres)
+        assert not lexer.user_callbacks
+        keywords = {}
+        for terminal, unless in lexer.callback.items():
+            assert isinstance(unless, UnlessCallback)
+            assert all(not t.pattern.flags for t in unless.scanner.terminals)  # a dict needs exact spelling
+            keywords[terminal] = {t.pattern.value: t.name for t in unless.scanner.terminals}
+        self.lexers[state] = regexes, keywords
+        return self.lexers[state]
 
 
 @functools.cache
@@ -451,20 +489,22 @@ def parse_direct(text: str, start: str, builder):
     on the Tree; `extent` is (line, column, end_line, end_column), or None for an empty rule.
     """
     tables = _tables(start)
-    actions, scanners, rules = tables.actions, tables.scanners, tables.rules
+    actions, lexers, rules = tables.actions, tables.lexers, tables.rules
     ignore, newline_types, all_newlines = tables.ignore, tables.newline_types, tables.all_newlines
-    end_state = tables.end_state
+    end_state, kept = tables.end_state, tables.kept
+    unit_chains, follow_units = tables.unit_chains, tables.follow_units
     states = [tables.start_state]
     values: list = []
     extents: list = []
     pos, end, line, line_start = 0, len(text), 1, 0
     depth, last_was_newline = 0, True
-    new_token = Token
+    new_str = str.__new__
     while True:
         # ---- the next token, lexed in the current state's context (ContextualLexer + NewlinePostLexer)
         if pos < end:
-            for scanner in scanners[states[-1]]:
-                match = scanner.match(text, pos)
+            lexer = lexers[states[-1]] or tables.lexer(states[-1])
+            for regex in lexer[0]:
+                match = regex.match(text, pos)
                 if match is not None:
                     break
             else:
@@ -480,6 +520,8 @@ def parse_direct(text: str, start: str, builder):
             pos += len(value)
             if kind in ignore:
                 continue
+            if kind in lexer[1]:
+                kind = lexer[1][kind].get(value, kind)
             if kind == "_NL":
                 if depth or all_newlines or last_was_newline:
                     continue
@@ -492,7 +534,14 @@ def parse_direct(text: str, start: str, builder):
                 elif kind in _CLOSE and depth:
                     depth -= 1
                 last_was_newline = False
-            token = new_token(kind, value, token_pos, token_line, column, line, pos - line_start + 1, pos)
+            end_column = pos - line_start + 1
+            if kind in kept:
+                # Token(...) without its two wrapper calls: a tenth of the parse time otherwise
+                token = new_str(Token, value)
+                token.type, token.value, token.start_pos, token.end_pos = kind, value, token_pos, pos
+                token.line, token.column, token.end_line, token.end_column = token_line, column, line, end_column
+            else:
+                token = value  # filtered out by every rule: only its position counts
             at_end = False
         else:
             kind, at_end = "$END", True
@@ -506,11 +555,17 @@ def parse_direct(text: str, start: str, builder):
                     return None
                 states.append(action)
                 values.append(token)
-                extents.append((token_line, column, line, pos - line_start + 1))
+                extents.append((token_line, column, line, end_column))
                 break
             rule = rules[~action]
             if rule.kind is _UNIT:
-                states[-1] = actions[states[-2]][rule.origin]
+                key = (states[-2], states[-1], kind)
+                top = unit_chains.get(key)
+                if top is None:
+                    top = unit_chains[key] = follow_units(*key)
+                states[-1] = top
+                if at_end and top == end_state:
+                    return values[-1]
                 continue
             size = rule.size
             if size:
