@@ -112,6 +112,11 @@ class LLMModel:
         base = self.settings.get("base_url") or environment.get(
             {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}[self.provider])
         self.base_urls = base if isinstance(base, list) else [base]
+        # Import the SDK now, while the shard starts, not inside the first step's timing.
+        if self.provider == "anthropic":
+            import anthropic  # noqa: F401
+        else:
+            import openai  # noqa: F401
         # Parameters that change the answer: part of the cache key.
         self.params = {k: self.settings[k] for k in ("max_tokens", "temperature", "top_p", "stop")
                        if k in self.settings}
@@ -228,13 +233,26 @@ class LLMModel:
         return None, text, error
 
     # ---------------------------------------------------------------- the batch
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        # One event loop per model for the shard's lifetime: clients, connections and the limiter's
+        # minute carry over from step to step instead of being rebuilt (and re-imported) each time.
+        if getattr(self, "_event_loop", None) is None:
+            import threading
+
+            self._event_loop = asyncio.new_event_loop()
+            threading.Thread(target=self._event_loop.run_forever, name=f"llm-{self.name}", daemon=True).start()
+        return self._event_loop
+
     def ask(self, batch: AskBatch) -> Answers:
-        return asyncio.run(self._ask(batch))
+        return asyncio.run_coroutine_threadsafe(self._ask(batch), self._loop()).result()
 
     async def _ask(self, batch: AskBatch) -> Answers:
         n = len(batch.ids)
-        self.limiter = Limiter(self.per_minute, self.tokens_per_minute)
-        clients = self._clients()
+        if getattr(self, "limiter", None) is None:
+            self.limiter = Limiter(self.per_minute, self.tokens_per_minute)
+        if getattr(self, "clients", None) is None:
+            self.clients = self._clients()
+        clients = self.clients
         prompts = [batch.prompt] * n if isinstance(batch.prompt, str) else batch.prompt
         systems = [batch.system] * n if batch.system is None or isinstance(batch.system, str) else batch.system
         suffix = replies.instruction(batch.output)
@@ -258,11 +276,7 @@ class LLMModel:
                 if error is None:
                     values[i] = value if not isinstance(value, bool) else float(value)
 
-        try:
-            await asyncio.gather(*(worker() for _ in range(min(self.in_flight, n) or 1)))
-        finally:
-            for c in clients:
-                await c.close()
+        await asyncio.gather(*(worker() for _ in range(min(self.in_flight, n) or 1)))
         answers = Answers(values=values, replies=texts, errors=errors, tokens_in=log.tokens_in,
                           tokens_out=log.tokens_out, calls=log.calls)
         answers.log = log

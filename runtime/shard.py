@@ -58,6 +58,12 @@ class Shard:
         self.mem_chars = np.zeros((2 * k, n), dtype=np.int32)
         self.mem_count = np.zeros(n, dtype=np.int64)
         self._interned: dict = {}
+        # Build the agents' model clients up front: a missing API key or an unloadable policy fails
+        # the run at start, and SDK imports do not land inside the first step.
+        for agent_name, _ in self.kinds:
+            model = self.plan.agents[agent_name].model
+            if model:
+                self.model(model)
 
     # ---------------------------------------------------------------- models
     def model(self, name: str):
