@@ -164,9 +164,31 @@ class Driver:
     # ---------------------------------------------------------------- steps
     def block(self, steps, variables: dict, label: str) -> None:
         for step in steps:
-            if self.should_stop():
-                raise KeyboardInterrupt
+            self._controls(step, label)
             getattr(self, "op_" + step["op"])(step, variables, label)
+
+    def _controls(self, step, label) -> None:
+        """Between steps: obey `control.json` in the run directory (pause, resume, stop).
+
+        Anything that can write a file controls a run the same way (the monitor page, a script,
+        another machine sharing the directory); the driver answers with run_paused, run_resumed
+        and stop_requested events.
+        """
+        if self.should_stop():
+            raise KeyboardInterrupt
+        control = self.run_dir.read_control()
+        if control == "stop":
+            self.emit({"type": "stop_requested", "before": step["id"], "iteration": label})
+            raise KeyboardInterrupt
+        if control == "pause":
+            self.emit({"type": "run_paused", "before": step["id"], "iteration": label})
+            while control == "pause":
+                time.sleep(0.2)
+                control = self.run_dir.read_control()
+            if control == "stop":
+                self.emit({"type": "stop_requested", "before": step["id"], "iteration": label})
+                raise KeyboardInterrupt
+            self.emit({"type": "run_resumed", "before": step["id"], "iteration": label})
 
     def _label(self, label: str, var: str, value) -> str:
         inner = label[1:-1] + ", " if label else ""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RunState:
-    status: str = "pending"  # pending | running | finished | stopped | failed
+    status: str = "pending"  # pending | running | paused | finished | stopped | failed
     scenario: str = ""
     plan_hash: str = ""
     executor: str = ""
@@ -68,6 +68,10 @@ class RunState:
                                           for s in e["samples"][:room])
         elif kind == "record":
             self.records.append(e["values"])
+        elif kind == "run_paused":
+            self.status = "paused"
+        elif kind == "run_resumed":
+            self.status = "running"
         elif kind == "run_finished":
             self.status = e.get("status", "finished")
             self.current = ""

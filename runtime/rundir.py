@@ -99,6 +99,15 @@ class RunDir:
                 os.unlink(tmp)
             raise
 
+    def read_control(self) -> str:
+        """The latest request in control.json: "run" (none), "pause", "resume" or "stop"."""
+        try:
+            with open(self.file("control.json"), encoding="utf-8") as f:
+                action = json.load(f).get("action", "run")
+        except (OSError, ValueError, AttributeError):
+            return "run"
+        return action if action in ("pause", "resume", "stop") else "run"
+
     def event(self, event: dict) -> None:
         # One write per line: a reader never sees half an event unless the process dies mid-write.
         self._events.write(dumps(event) + "\n")
@@ -111,6 +120,16 @@ class RunDir:
     def close(self) -> None:
         self._events.close()
         self._metrics.close()
+
+
+def request_control(run_dir: str, action: str) -> None:
+    """Ask a running driver to pause, resume or stop (written atomically; read between steps)."""
+    if action not in ("pause", "resume", "stop"):
+        raise ValueError(f"unknown action {action!r}")
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"action": action, "at": time.time()}, f)
+    os.replace(tmp, os.path.join(run_dir, "control.json"))
 
 
 def iteration_file(label: str) -> str:

@@ -239,3 +239,34 @@ def test_progress_prints_plain_lines_off_a_terminal(tmp_path):
     lines = out.getvalue().splitlines()
     assert [line.split("[")[0] for line in lines] == ["step:ask.guess"] * 3
     assert "200 agents" in lines[0]
+
+
+def test_pause_resume_and_stop_through_the_control_file(tmp_path):
+    import threading
+
+    from populace.runtime.events import read_events
+    from populace.runtime.rundir import request_control
+
+    plan = plan_from_dict(compile_file(str(FLAGSHIP), ["players=100", "rounds=50"]).plan)
+    run_dir = tmp_path / "controlled"
+    run_dir.mkdir()
+    seen = []
+
+    def listener(event):
+        seen.append(event["type"])
+        if event["type"] == "record" and event["values"]["round"] == 2 and "run_paused" not in seen:
+            request_control(str(run_dir), "pause")
+        if event["type"] == "run_paused":
+            # resume from another thread a moment later, then stop at the next record
+            threading.Timer(0.3, request_control, (str(run_dir), "resume")).start()
+        if event["type"] == "record" and event["values"]["round"] == 4:
+            request_control(str(run_dir), "stop")
+
+    summary = run_plan(plan, executor="local", run_dir=str(run_dir), listener=listener)
+    assert summary["status"] == "stopped"
+    events = read_events(str(run_dir / "events.jsonl"))
+    kinds = [e["type"] for e in events]
+    assert kinds.index("run_paused") < kinds.index("run_resumed") < kinds.index("stop_requested")
+    records = [e["values"]["round"] for e in events if e["type"] == "record"]
+    assert records == [1, 2, 3, 4]  # everything written so far is kept; nothing after the stop
+    assert (run_dir / "summary.json").exists() and len(list((run_dir / "asks" / "ask.guess").iterdir())) == 4
