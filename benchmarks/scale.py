@@ -6,7 +6,7 @@ agent-steps per second, the peak memory of all our processes together (the drive
 daemons and the shard workers: the sum of their proportional set sizes, sampled every 0.25 s
 from /proc, Linux only) and that peak divided by the number of agents.
 
-    python benchmarks/scale.py [--sizes 10000,100000,1000000] [--executor ray] [--model level_k]
+    python benchmarks/scale.py [--sizes 10000,100000,1000000] [--executor ray] [--model writer|level_k]
 """
 from __future__ import annotations
 
@@ -52,9 +52,22 @@ def pss_bytes(pid: int) -> int:
     return 0
 
 
-def measure(size: int, executor: str, extra: list[str]) -> dict:
+def scenario_with_model(model: str | None) -> Path:
+    """The flagship, with the agent's model swapped (e.g. `writer`, its mock model)."""
+    path = ROOT / "examples" / "guess_two_thirds.pop"
+    if not model:
+        return path
+    text = path.read_text()
+    if "model   = level_k" not in text:
+        raise SystemExit("the flagship's agent line changed; update benchmarks/scale.py")
+    out = Path(tempfile.mkdtemp(prefix="populace-scale-")) / "guess_two_thirds.pop"
+    out.write_text(text.replace("model   = level_k", f"model   = {model}"))
+    return out
+
+
+def measure(size: int, executor: str, extra: list[str], scenario: Path) -> dict:
     run_dir = tempfile.mkdtemp(prefix=f"populace-scale-{size}-")
-    cmd = [sys.executable, "-m", "populace.runtime.cli", "run", str(ROOT / "examples" / "guess_two_thirds.pop"),
+    cmd = [sys.executable, "-m", "populace.runtime.cli", "run", str(scenario),
            "--set", f"players={size}", "--executor", executor, "--quiet", "--run-dir", run_dir, *extra]
     peak = 0
     began = time.perf_counter()
@@ -85,13 +98,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--executor", default="ray")
-    parser.add_argument("--model", default=None, help="replace the agent's model (e.g. a mock model)")
+    parser.add_argument("--model", default=None,
+                        help="the agent's model: `writer` (the flagship's mock model) or `level_k` (default)")
     args = parser.parse_args()
-    extra = []
-    print(f"flagship scenario, 3 rounds, executor={args.executor}, {os.cpu_count()} CPUs")
+    extra: list[str] = []
+    scenario = scenario_with_model(args.model)
+    print(f"flagship scenario, 3 rounds, model={args.model or 'level_k'}, executor={args.executor}, {os.cpu_count()} CPUs")
     print(f"{'players':>10} {'wall s':>8} {'run s':>8} {'agent-steps/s':>14} {'peak MiB':>9} {'bytes/agent':>12} {'shards':>6}")
     for size in (int(s) for s in args.sizes.split(",")):
-        r = measure(size, args.executor, extra)
+        r = measure(size, args.executor, extra, scenario)
         print(f"{r['players']:>10,} {r['wall_s']:>8.1f} {r['run_s']:>8.1f} {r['steps_per_s']:>14,.0f} "
               f"{r['peak_bytes'] / 2**20:>9,.0f} {r['bytes_per_agent']:>12,.0f} {r['shards']:>6}", flush=True)
 
