@@ -125,11 +125,29 @@ class _Explainer:
         if ir is None:
             return 0
         if "template" not in ir:
-            return self.value_chars(self.expr_type(ir, persona, population))
+            return self.part_chars(ir, persona, population)
         total = 0
         for part in ir["template"]:
-            total += len(part) if isinstance(part, str) else self.value_chars(self.expr_type(part, persona, population))
+            total += len(part) if isinstance(part, str) else self.part_chars(part, persona, population)
         return total
+
+    def part_chars(self, ir: dict, persona, population) -> int:
+        written = self.written_chars(persona, ir)
+        return written if written is not None else self.value_chars(self.expr_type(ir, persona, population))
+
+    def written_chars(self, persona: str | None, ir: dict) -> int | None:
+        """A persona text written by a model is about as long as that model writes: a mock's words,
+        or half of an LLM's max_tokens (capped at TEXT_CHARS)."""
+        if ir.get("src") != "persona" or not persona:
+            return None
+        for f in self.plan["personas"].get(persona, {}).get("fields", ()):
+            if f["name"] == ir.get("col") and f["kind"] == "write":
+                model = self.plan["models"].get(f["model"], {})
+                settings = model.get("settings", {})
+                if model.get("provider") == "mock":
+                    return 6 * int(settings.get("words", 12))
+                return min(TEXT_CHARS, 2 * CHARS_PER_TOKEN * int(settings.get("max_tokens", DEFAULT_MAX_TOKENS)))
+        return None
 
     def expr_type(self, ir: dict, persona, population) -> dict:
         if "col" in ir and "via" not in ir:
@@ -340,10 +358,13 @@ class _Explainer:
                 continue
             irs = [step["prompt"]] + ([agent["system"]] if agent["system"] else [])
             distinct = self.distinct(pop["persona"], irs, kind["count"])
-            prompt_chars = self.template_chars(step["prompt"], pop["persona"], step["population"]) + \
-                self.template_chars(agent["system"], pop["persona"], "agent:" + kind["agent"])
+            prompt_chars = self.template_chars(step["prompt"], pop["persona"], step["population"])
+            system_chars = self.template_chars(agent["system"], pop["persona"], "agent:" + kind["agent"])
             output_tokens = self.output_tokens(model, out["type"])
-            input_tokens = _tokens(prompt_chars) * (1 + agent["memory"]) + output_tokens * agent["memory"]
+            # Memory fills up as the loop goes: the i-th of `times` asks carries min(i - 1, memory)
+            # earlier exchanges (this ask's own prompt and answer; other asks and tells not counted).
+            held = sum(min(i, agent["memory"]) for i in range(times)) / times if times else 0
+            input_tokens = round(_tokens(system_chars) + _tokens(prompt_chars) * (1 + held) + output_tokens * held)
             calls = kind["count"] * times
             cost = self.charge(model, calls, input_tokens, output_tokens)
             each = f" x {times:,} times" if times != 1 else ""
@@ -425,6 +446,7 @@ def explain(compiled) -> str:
     ex.lines += ["", "Steps"]
     ex.steps(plan["workflow"], 1, 1, True)
     ex.totals()
-    ex.lines += ["", f"Estimates: {CHARS_PER_TOKEN} characters a token; an interpolated text counts {TEXT_CHARS} characters; "
-                 f"a free-text answer uses the model's max_tokens ({DEFAULT_MAX_TOKENS} if unset)."]
+    ex.lines += ["", f"Estimates: {CHARS_PER_TOKEN} characters a token; an interpolated text counts {TEXT_CHARS} characters "
+                 f"(a written persona text: what its model writes); memory fills up over a loop; a free-text answer "
+                 f"uses the model's max_tokens ({DEFAULT_MAX_TOKENS} if unset); prompt caching is not subtracted."]
     return "\n".join(ex.lines) + "\n"

@@ -27,7 +27,7 @@ def test_explain_golden(case, golden, in_repo_root, capsys):
 def test_a_million_claude_agents_cost_real_dollars(in_repo_root):
     text = explain(compile_file("tests/fixtures/explain/claude_million.pop"))
     assert "1,000,000 agents, 20 distinct texts, 20 calls" in text
-    assert "9,000,000 calls to haiku" in text and "$3,708.00" in text  # 9M x (392 x $1 + 4 x $5) / 1M
+    assert "9,000,000 calls to haiku" in text and "$1,665.00" in text  # 9M x (165 x $1 + 4 x $5) / 1M
 
 
 def test_overrides_change_the_counts_not_the_shape(in_repo_root, capsys):
