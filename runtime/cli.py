@@ -132,7 +132,9 @@ def cmd_compile(args) -> int:
     compiled = compile_file(args.file, args.overrides)
     _print_warnings(compiled)
     if args.output:
-        _write_atomic(args.output, compiled.data + b"\n")
+        from .rundir import write_atomic
+
+        write_atomic(args.output, compiled.data + b"\n")
         print(f"plan {compiled.plan_hash[:12]} written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(json.dumps(compiled.plan, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
@@ -142,22 +144,6 @@ def cmd_compile(args) -> int:
 def _print_warnings(compiled) -> None:
     if compiled.warnings:
         print(render_all(compiled.warnings, compiled.sources), file=sys.stderr)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    import os
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def cmd_run(args) -> int:

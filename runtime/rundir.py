@@ -28,6 +28,23 @@ def new_run_dir(scenario: str, base: str = "runs") -> str:
     return path
 
 
+def write_atomic(target: str, data: bytes) -> None:
+    """Write to a temporary name, sync, rename: the file at `target` is whole or absent."""
+    directory = os.path.dirname(os.path.abspath(target))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _json_default(value):
     if hasattr(value, "item"):
         return value.item()
@@ -64,19 +81,7 @@ class RunDir:
         return os.path.join(self.path, *parts)
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        target = self.file(name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(self.file(name), data)
 
     def write_json(self, name: str, value) -> None:
         self.write_bytes(name, (json.dumps(clean(value), indent=2, sort_keys=True, default=_json_default) + "\n").encode())
