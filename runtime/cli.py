@@ -54,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="response cache (SQLite) to read and extend; default: cache.sqlite in the run directory")
     p.add_argument("--replay", action="store_true", help="answer only from the cache; refuse any new model call")
 
+    p = sub.add_parser("personas", help="sample and print a population's personas without running the simulation")
+    p.add_argument("file")
+    p.add_argument("-n", type=int, default=20, help="agents to show, from agent 0 (default 20)")
+    p.add_argument("--population", help="the population (default: the first declared with a persona)")
+    p.add_argument("--format", choices=("table", "jsonl", "csv"), default="table",
+                   help="table (default), or jsonl / csv on stdout with the summary on stderr")
+    p.add_argument("--summary-size", type=int, default=10_000, metavar="N",
+                   help="summarise each field over agents [0, N) (default 10000, at most the population; 0: no summary)")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--cache", help="response cache (SQLite) for texts written by LLM models")
+    _add_set(p)
+
     return parser
 
 
@@ -197,7 +209,22 @@ def cmd_explain(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "fmt": cmd_fmt, "compile": cmd_compile, "explain": cmd_explain}
+def cmd_personas(args) -> int:
+    from populace.compiler import compile_file
+
+    from .persona_cli import run
+
+    if args.n < 0 or args.summary_size < 0:
+        print("error: -n and --summary-size must not be negative", file=sys.stderr)
+        return 2
+    compiled = compile_file(args.file, args.overrides)
+    _print_warnings(compiled)
+    raw = compiled.plan if args.seed is None else _with_seed(compiled.plan, args.seed)
+    return run(raw, args.population, args.n, args.format, args.summary_size,
+               options={"cache": args.cache} if args.cache else None)
+
+
+COMMANDS = {"personas": cmd_personas, "run": cmd_run, "check": cmd_check, "fmt": cmd_fmt, "compile": cmd_compile, "explain": cmd_explain}
 
 if __name__ == "__main__":
     sys.exit(main())

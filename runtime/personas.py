@@ -93,26 +93,66 @@ def sample(persona: dict | None, start: int, stop: int, seed: int,
     return columns
 
 
+def column_types(persona: dict | None) -> dict:
+    """Plan types of the columns `sample` returns (a table field `row` gives columns `row.<column>`)."""
+    types: dict = {}
+    for f in (persona or {}).get("fields", ()):
+        if f["kind"] == "table":
+            for col, ty in f.get("columns", {}).items():
+                types[f"{f['name']}.{col}"] = ty
+        else:
+            types[f["name"]] = f["type"]
+    return types
+
+
 def _write(f: dict, frame: Frame, ctx: Context, write) -> np.ndarray:
+    if f.get("reuse_per") is not None:
+        # One text per distinct combination of the named fields: the first agent (lowest id) with
+        # that combination stands for it, and only those agents' prompts are rendered.
+        codes, first = _combinations([frame.columns[k] for k in f["reuse_per"]], frame.size)
+        keys = [tuple(frame.columns[k][i] for k in f["reuse_per"]) for i in first.tolist()]
+        sub = Frame(columns={k: v[first] for k, v in frame.columns.items()}, ids=frame.ids[first], types=frame.types)
+        prompts = evaluate(f["template"], sub, ctx)
+        if not is_vector(prompts):
+            prompts = [prompts] * len(first)
+        # Calls go out in a stable order (by the combination), whatever order the agents come in.
+        order = sorted(range(len(first)), key=lambda j: repr(keys[j]))
+        written = write(f["model"], [prompts[j] for j in order])
+        texts = np.empty(len(first), dtype=object)
+        for j, text in zip(order, written):
+            texts[j] = text
+        return texts[codes] if frame.size else np.empty(0, dtype=object)
     prompts = evaluate(f["template"], frame, ctx)
     if not is_vector(prompts):
         prompts = [prompts] * frame.size
-    if f.get("reuse_per") is not None:
-        # One text per distinct combination of the named fields: the first agent's prompt stands for it.
-        keys = list(zip(*(frame.columns[k].tolist() for k in f["reuse_per"]))) if f["reuse_per"] else [()] * frame.size
-        first: dict = {}
-        for i, k in enumerate(keys):
-            first.setdefault(k, prompts[i])
-        combos = sorted(first, key=repr)
-        texts = dict(zip(combos, write(f["model"], [first[k] for k in combos])))
-        out = np.empty(frame.size, dtype=object)
-        out[:] = [texts[k] for k in keys]
-        return out
     distinct = sorted(set(prompts))
     texts = dict(zip(distinct, write(f["model"], distinct)))
     out = np.empty(frame.size, dtype=object)
     out[:] = [texts[p] for p in prompts]
     return out
+
+
+def _combinations(columns: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a combination code per agent, the first agent of each code) for the values of these columns."""
+    codes = np.zeros(size, dtype=np.int64)
+    for column in columns:
+        column_codes, count = _factorize(column)
+        _, codes = np.unique(codes * count + column_codes, return_inverse=True)
+        codes = codes.reshape(-1).astype(np.int64)
+    if not size:
+        return codes, np.zeros(0, dtype=np.int64)
+    _, first, codes = np.unique(codes, return_index=True, return_inverse=True)
+    return codes.reshape(-1).astype(np.int64), first.astype(np.int64)
+
+
+def _factorize(column: np.ndarray) -> tuple[np.ndarray, int]:
+    if column.dtype != object:
+        values, codes = np.unique(column, return_inverse=True)
+        return codes.reshape(-1).astype(np.int64), len(values)
+    # Texts: a dict beats sorting Python objects, and takes None and mixed types
+    seen: dict = {}
+    codes = np.fromiter((seen.setdefault(v, len(seen)) for v in column.tolist()), dtype=np.int64, count=len(column))
+    return codes, max(len(seen), 1)
 
 
 def _table_rows(f: dict, seed: int, purpose: str, start: int, stop: int) -> dict:
