@@ -146,6 +146,8 @@ def _describe_expected(expected, parser: Lark) -> str:
         words.insert(0, "an expression")
     if len(words) > 8:
         words = words[:8] + ["..."]
+    if not words:  # Lark had nothing to offer (e.g. after an error it recovered from)
+        return "something else"
     if len(words) == 1:
         return words[0]
     return ", ".join(words[:-1]) + " or " + words[-1]

@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="response cache (SQLite) for texts written by LLM models")
     _add_set(p)
 
+    p = sub.add_parser("resume", help="continue a run whose driver died, from its last checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--executor", choices=("ray", "local"), default="ray")
+    p.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
+    p.add_argument("--cache", help="response cache (default: cache.sqlite in the run directory)")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+
     return parser
 
 
@@ -225,6 +232,23 @@ def cmd_personas(args) -> int:
 
 
 COMMANDS = {"personas": cmd_personas, "run": cmd_run, "check": cmd_check, "fmt": cmd_fmt, "compile": cmd_compile, "explain": cmd_explain}
+
+
+def cmd_resume(args) -> int:
+    from .progress import print_summary
+    from .resume import ResumeError, resume_run
+
+    try:
+        summary = resume_run(args.run_dir, executor=args.executor, address=args.address, quiet=args.quiet,
+                             cache=args.cache)
+    except ResumeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print_summary(summary)
+    return 0 if summary["status"] == "finished" else 1
+
+
+COMMANDS["resume"] = cmd_resume
 
 if __name__ == "__main__":
     sys.exit(main())

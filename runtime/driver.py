@@ -20,6 +20,7 @@ from .shard import combine
 from .vector import agg_key
 
 UNSUPPORTED_KINDS = ("chatroom", "network", "grid")
+SHARD_OPS = ("ask", "set_state", "tell", "broadcast")  # steps that change agents: checkpoints come before them
 
 
 class StopRun(Exception):
@@ -71,7 +72,7 @@ def unsupported(plan: Plan, replay: bool = False) -> list[str]:
 
 class Driver:
     def __init__(self, plan: Plan, executor, run_dir: RunDir, listener: Callable[[dict], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None):
+                 should_stop: Callable[[], bool] | None = None, checkpoint_every: int | None = None):
         self.plan = plan
         self.executor = executor
         self.run_dir = run_dir
@@ -82,6 +83,13 @@ class Driver:
         self.totals = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "errors": 0, "agents": 0, "steps": 0}
         self.by_model: dict = {}
         self.latencies: dict = {}
+        self.frames: list = []
+        self.resume: list | None = None
+        self.seq = 0
+        self.shard_steps = 0
+        self.elapsed_before = 0.0
+        every = plan.settings.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
+        self.checkpoint_every = int(every)
 
     # ---------------------------------------------------------------- events
     def emit(self, event: dict) -> None:
@@ -91,17 +99,24 @@ class Driver:
             self.listener(event)
 
     # ---------------------------------------------------------------- the run
-    def run(self) -> dict:
+    def run(self, resume: dict | None = None) -> dict:
+        """Run the workflow; with `resume` (a checkpoint's driver state) continue from it."""
         plan = self.plan
-        self.run_dir.write_bytes("plan.json", canonical_bytes(plan.raw) + b"\n")
-        self.emit({"type": "run_started", "scenario": plan.scenario["name"], "plan_hash": plan.plan_hash,
+        started = {"type": "run_started", "scenario": plan.scenario["name"], "plan_hash": plan.plan_hash,
                    "executor": self.executor.name, "seed": plan.seed,
                    "shards": {p: len(r) for p, r in self.executor.ranges.items()},
-                   "agents": {p: pop.size for p, pop in plan.populations.items()}})
+                   "agents": {p: pop.size for p, pop in plan.populations.items()}}
+        if resume is None:
+            self.run_dir.write_bytes("plan.json", canonical_bytes(plan.raw) + b"\n")
+            self.emit(started)
+        else:
+            self.restore(resume)
+            self.emit(dict(started, type="run_started", resumed_from=resume["seq"]))
         status = "finished"
         try:
-            self._personas()
-            self.block(plan.workflow, {}, "")
+            if resume is None:
+                self._personas()
+            self.block(plan.workflow, self.resume[0]["variables"] if self.resume else {}, "")
         except StopRun:
             status = "finished"
         except KeyboardInterrupt:
@@ -113,7 +128,7 @@ class Driver:
             cause = getattr(e, "cause", None) or e  # RayTaskError keeps the shard's own exception
             self.emit({"type": "run_failed", "error": f"{type(cause).__name__}: {cause}"})
             status = "failed"
-        seconds = time.monotonic() - self.started
+        seconds = time.monotonic() - self.started + self.elapsed_before
         summary = self.summary(status, seconds)
         self.run_dir.write_json("summary.json", summary)
         self.emit({"type": "run_finished", "status": status, "seconds": round(seconds, 3)})
@@ -162,10 +177,68 @@ class Driver:
         }
 
     # ---------------------------------------------------------------- steps
-    def block(self, steps, variables: dict, label: str) -> None:
-        for step in steps:
+    # ---------------------------------------------------------------- position, checkpoints, resume
+    # `frames[d]` says where the run is at loop depth d: the step index in that block, its
+    # variables and iteration label, and (for a loop or branch being executed) the iteration or
+    # branch. A checkpoint saves the frames with the shards' state, taken just before a step that
+    # changes agents; resuming re-enters the same loops at the same iterations and runs that step again.
+
+    def block(self, steps, variables: dict, label: str, depth: int = 0) -> None:
+        start = self.resume[depth]["index"] if self.resume and depth < len(self.resume) else 0
+        for index in range(start, len(steps)):
+            step = steps[index]
+            del self.frames[depth:]
+            self.frames.append({"index": index, "variables": variables, "label": label})
+            if self.resume and depth == len(self.resume) - 1:
+                self.resume = None  # the checkpointed step: from here on, a normal run
             self._controls(step, label)
-            getattr(self, "op_" + step["op"])(step, variables, label)
+            if step["op"] in SHARD_OPS and self.resume is None:
+                self.maybe_checkpoint()
+            getattr(self, "op_" + step["op"])(step, variables, label, depth)
+
+    def _inside(self, depth: int) -> dict | None:
+        """While resuming: the saved frame of the loop or branch at `depth`, if the run was inside it."""
+        if self.resume and depth + 1 < len(self.resume):
+            return self.resume[depth]
+        return None
+
+    def maybe_checkpoint(self) -> None:
+        every = self.checkpoint_every
+        if not every:
+            return
+        self.shard_steps += 1
+        if (self.shard_steps - 1) % every:
+            return
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Shards save their state, then driver.json (written last) makes the checkpoint complete."""
+        self.seq += 1
+        # Absolute: Ray workers need not share the driver's working directory.
+        directory = os.path.abspath(self.run_dir.file("checkpoints", f"{self.seq:06d}"))
+        for pop in sorted(self.plan.populations):
+            self.executor.call(pop, "save_checkpoint", directory)
+        state = {
+            "seq": self.seq, "plan_hash": self.plan.plan_hash, "frames": _plain_frames(self.frames),
+            "env": self.env, "totals": self.totals, "by_model": self.by_model, "latencies": self.latencies,
+            "metrics_lines": self.run_dir.metrics_written, "ranges": self.executor.ranges,
+            "shard_steps": self.shard_steps, "elapsed": time.monotonic() - self.started + self.elapsed_before,
+        }
+        self.run_dir.write_json(f"checkpoints/{self.seq:06d}/driver.json", state)
+        self.emit({"type": "checkpoint", "seq": self.seq, "before": self.frames[-1]["index"],
+                   "iteration": self.frames[-1]["label"]})
+        self.run_dir.prune_checkpoints(keep=2)
+
+    def restore(self, state: dict) -> None:
+        self.seq = state["seq"]
+        self.resume = state["frames"]
+        self.env = state["env"]
+        self.totals = state["totals"]
+        self.by_model = state["by_model"]
+        self.latencies = state.get("latencies", {})
+        self.shard_steps = state["shard_steps"]
+        self.elapsed_before = state.get("elapsed", 0.0)
+        self.run_dir.truncate_metrics(state["metrics_lines"])
 
     def _controls(self, step, label) -> None:
         """Between steps: obey `control.json` in the run directory (pause, resume, stop).
@@ -194,51 +267,66 @@ class Driver:
         inner = label[1:-1] + ", " if label else ""
         return f"[{inner}{var}={value}]"
 
-    def op_repeat(self, step, variables, label):
+    def op_repeat(self, step, variables, label, depth):
         count = self.value(step["count"], variables, step)
-        for i in range(1, int(count) + 1):
+        saved = self._inside(depth)
+        first = saved["iteration"] if saved else 1
+        for i in range(first, int(count) + 1):
             inner = dict(variables)
             if step["var"]:
                 inner[step["var"]] = i
+            if saved:  # the iteration we resume in: its variables as they were
+                inner, saved = dict(self.resume[depth + 1]["variables"]), None
+            self.frames[depth]["iteration"] = i
             try:
-                self.block(step["body"], inner, self._label(label, step["var"] or "i", i))
+                self.block(step["body"], inner, self._label(label, step["var"] or "i", i), depth + 1)
             except BreakLoop:
                 break
             finally:
                 # Assignments to variables declared outside the loop outlive the iteration.
                 variables.update({k: v for k, v in inner.items() if k in variables and k != step["var"]})
 
-    def op_for(self, step, variables, label):
+    def op_for(self, step, variables, label, depth):
         items = self.value(step["iterable"], variables, step)
-        for i, item in enumerate(items, 1):
+        saved = self._inside(depth)
+        first = saved["iteration"] if saved else 1
+        for i in range(first, len(items) + 1):
+            item = items[i - 1]
             inner = dict(variables, **{step["var"]: item})
+            if saved:
+                inner, saved = dict(self.resume[depth + 1]["variables"]), None
+            self.frames[depth]["iteration"] = i
             try:
-                self.block(step["body"], inner, self._label(label, step["var"], item if isinstance(item, (int, float, str)) else i))
+                self.block(step["body"], inner,
+                           self._label(label, step["var"], item if isinstance(item, (int, float, str)) else i), depth + 1)
             except BreakLoop:
                 break
             finally:
                 variables.update({k: v for k, v in inner.items() if k in variables and k != step["var"]})
 
-    def op_if(self, step, variables, label):
-        for branch in step["branches"]:
-            if self.value(branch["cond"], variables, step):
-                self.block(branch["body"], variables, label)
-                return
-        self.block(step["else"], variables, label)
+    def op_if(self, step, variables, label, depth):
+        saved = self._inside(depth)
+        if saved:
+            chosen = saved["branch"]
+        else:
+            chosen = next((i for i, b in enumerate(step["branches"]) if self.value(b["cond"], variables, step)), -1)
+        self.frames[depth]["branch"] = chosen
+        body = step["branches"][chosen]["body"] if chosen >= 0 else step["else"]
+        self.block(body, variables, label, depth + 1)
 
-    def op_stop(self, step, variables, label):
+    def op_stop(self, step, variables, label, depth=0):
         if self.value(step["cond"], variables, step):
             self.emit({"type": "stopped_when", "step": step["id"], "iteration": label, "scope": step["scope"]})
             raise StopRun if step["scope"] == "run" else BreakLoop
 
-    def op_let(self, step, variables, label):
+    def op_let(self, step, variables, label, depth=0):
         variables[step["name"]] = self.value(step["value"], variables, step)
 
-    def op_set_var(self, step, variables, label):
+    def op_set_var(self, step, variables, label, depth=0):
         variables[step["name"]] = self._update(variables[step["name"]], step["operator"],
                                                self.value(step["value"], variables, step))
 
-    def op_set_env(self, step, variables, label):
+    def op_set_env(self, step, variables, label, depth=0):
         env = self.env[step["env"]]
         env[step["field"]] = self._update(env[step["field"]], step["operator"], self.value(step["value"], variables, step))
 
@@ -254,25 +342,25 @@ class Driver:
         except ZeroDivisionError:
             raise EvalError("division by zero") from None
 
-    def op_record(self, step, variables, label):
+    def op_record(self, step, variables, label, depth=0):
         row = {k: v for k, v in variables.items() if isinstance(v, (int, float, str, bool))}
         for item in step["items"]:
             row[item["name"]] = self.value(item["value"], variables, step)
         self.run_dir.metric(dict(row, step=step["id"]))
         self.emit({"type": "record", "step": step["id"], "iteration": label, "values": row})
 
-    def op_ask(self, step, variables, label):
+    def op_ask(self, step, variables, label, depth=0):
         self._shard_step(step, variables, label, "ask", [step["prompt"], step["where"]])
 
-    def op_set_state(self, step, variables, label):
+    def op_set_state(self, step, variables, label, depth=0):
         self._shard_step(step, variables, label, "set_state", [step["value"], step["where"]])
 
-    def op_tell(self, step, variables, label):
+    def op_tell(self, step, variables, label, depth=0):
         target = step["target"]
         exprs = [step["message"], step.get("where"), target.get("index")]
         self._shard_step(step, variables, label, "tell", exprs, population=target["population"])
 
-    def op_broadcast(self, step, variables, label):
+    def op_broadcast(self, step, variables, label, depth=0):
         message = self.value(step["message"], variables, step)
         self.emit({"type": "step_started", "step": step["id"], "iteration": label, "op": "broadcast"})
         began = time.monotonic()
@@ -283,7 +371,7 @@ class Driver:
         self.emit({"type": "step_finished", "step": step["id"], "iteration": label, "op": "broadcast",
                    "agents": total, "seconds": round(time.monotonic() - began, 4)})
 
-    def op_call(self, step, variables, label):
+    def op_call(self, step, variables, label, depth=0):
         raise RunFailed(f"`{step['env']}.{step['method']}` needs environment support this runtime lacks", step)
 
     # ---------------------------------------------------------------- shards and aggregates
@@ -398,3 +486,8 @@ def _walk(expr):
     elif isinstance(expr, list):
         for v in expr:
             yield from _walk(v)
+
+
+def _plain_frames(frames: list) -> list:
+    """Frames as JSON: variables copied (they are plain values: numbers, text, lists, records)."""
+    return [{k: (dict(v) if k == "variables" else v) for k, v in f.items()} for f in frames]

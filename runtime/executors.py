@@ -27,8 +27,8 @@ def layout(plan, shards: int | None, default_shards: int) -> dict[str, list[tupl
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, plan_raw: dict, plan, shards: int | None, options: dict | None = None):
-        self.ranges = ranges = layout(plan, shards, 1)
+    def __init__(self, plan_raw: dict, plan, shards: int | None, options: dict | None = None, ranges=None):
+        self.ranges = ranges = ranges or layout(plan, shards, 1)
         self.shards = {pop: [Shard(plan_raw, pop, i, a, b, len(rs), options) for i, (a, b) in enumerate(rs)]
                        for pop, rs in ranges.items()}
 
@@ -50,7 +50,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, plan_raw: dict, plan, shards: int | None, address: str | None = None,
-                 options: dict | None = None):
+                 options: dict | None = None, ranges=None):
         import ray
 
         self.ray = ray
@@ -61,13 +61,18 @@ class RayExecutor:
             kwargs = {"address": address} if address else {"include_dashboard": False}
             ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
             self.started_ray = True
-        self.ranges = ranges = layout(plan, shards, int(ray.cluster_resources().get("CPU", 1)))
+        self.ranges = ranges = ranges or layout(plan, shards, int(ray.cluster_resources().get("CPU", 1)))
         # num_cpus=0: we size the shard pool ourselves; actors asking 1 CPU each would queue forever
         # once there are more shards than CPUs. No restarts yet: a dead shard fails the run loudly.
         remote = ray.remote(num_cpus=0, max_restarts=0)(Shard)
         plan_ref = ray.put(plan_raw)
         self.actors = {pop: [remote.remote(plan_ref, pop, i, a, b, len(rs), options) for i, (a, b) in enumerate(rs)]
                        for pop, rs in ranges.items()}
+        try:
+            ray.get([a.ready.remote() for actors in self.actors.values() for a in actors])
+        except Exception:
+            self.close()
+            raise
 
     def call(self, population: str, method: str, *args, on_done=None) -> list:
         refs = [getattr(a, method).remote(*args) for a in self.actors[population]]
@@ -92,10 +97,12 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(kind: str, plan, shards: int | None = None, address: str | None = None, options: dict | None = None):
-    """`options`: what shards need besides the plan: {"cache": path, "replay": bool}."""
+def make_executor(kind: str, plan, shards: int | None = None, address: str | None = None, options: dict | None = None,
+                  ranges: dict | None = None):
+    """`options`: what shards need besides the plan ({"cache", "replay", "environment", "restore"});
+    `ranges`: a fixed layout (a resumed run keeps its checkpoint's)."""
     if kind == "local":
-        return LocalExecutor(plan.raw, plan, shards, options)
+        return LocalExecutor(plan.raw, plan, shards, options, ranges)
     if kind == "ray":
-        return RayExecutor(plan.raw, plan, shards, address or os.environ.get("RAY_ADDRESS"), options)
+        return RayExecutor(plan.raw, plan, shards, address or os.environ.get("RAY_ADDRESS"), options, ranges)
     raise ValueError(f"unknown executor {kind!r}")

@@ -76,6 +76,7 @@ class RunDir:
         os.makedirs(path, exist_ok=True)
         self._events = open(os.path.join(path, "events.jsonl"), "a", encoding="utf-8")
         self._metrics = open(os.path.join(path, "metrics.jsonl"), "a", encoding="utf-8")
+        self.metrics_written = 0
 
     def file(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
@@ -121,6 +122,25 @@ class RunDir:
     def metric(self, row: dict) -> None:
         self._metrics.write(dumps(row) + "\n")
         self._metrics.flush()
+        self.metrics_written += 1
+
+    def truncate_metrics(self, lines: int) -> None:
+        """On resume: keep the records made before the checkpoint; the rest are made again."""
+        self._metrics.close()
+        path = self.file("metrics.jsonl")
+        with open(path, encoding="utf-8") as f:
+            kept = [line for line in f if line.endswith("\n")][:lines]
+        write_atomic(path, "".join(kept).encode("utf-8"))
+        self._metrics = open(path, "a", encoding="utf-8")
+        self.metrics_written = len(kept)
+
+    def prune_checkpoints(self, keep: int) -> None:
+        import shutil
+
+        root = self.file("checkpoints")
+        done = sorted(d for d in os.listdir(root) if os.path.exists(os.path.join(root, d, "driver.json")))
+        for old in done[:-keep]:
+            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
     def close(self) -> None:
         self._events.close()

@@ -7,6 +7,7 @@ in-process (local executor) and inside a Ray actor (ray executor).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -38,7 +39,7 @@ class Shard:
         persona = self.plan.raw["personas"].get(pop.persona) if pop.persona else None
         self.columns = personas.sample(persona, start, stop, self.seed, write=self._write)
         self.persona_fields = list(self.columns)
-        self.types = {f["name"]: f["type"] for f in (persona or {}).get("fields", [])}
+        self.types = personas.column_types(persona)
         for name, st in pop.state.items():
             self.columns[name] = _filled(st["type"], st["default"], len(self.ids))
             self.types[name] = st["type"]
@@ -58,12 +59,18 @@ class Shard:
         self.mem_chars = np.zeros((2 * k, n), dtype=np.int32)
         self.mem_count = np.zeros(n, dtype=np.int64)
         self._interned: dict = {}
+        if self.options.get("restore"):
+            self.load_checkpoint(self.options["restore"])
         # Build the agents' model clients up front: a missing API key or an unloadable policy fails
         # the run at start, and SDK imports do not land inside the first step.
         for agent_name, _ in self.kinds:
             model = self.plan.agents[agent_name].model
             if model:
                 self.model(model)
+
+    def ready(self) -> bool:
+        """Answered once the shard is built: start-up errors surface here, before the first step."""
+        return True
 
     # ---------------------------------------------------------------- models
     def model(self, name: str):
@@ -269,6 +276,54 @@ class Shard:
         frame = self.frame()
         return [partial(spec, evaluate(spec["arg"], frame, ctx), len(self.ids)) for spec in specs]
 
+    # ---------------------------------------------------------------- checkpoints
+    def checkpoint_file(self, directory: str) -> str:
+        return os.path.join(directory, f"{self.population}-{self.index}.arrow")
+
+    def save_checkpoint(self, directory: str) -> str:
+        """Write what changes during a run (state, outputs, memory) to one Arrow file, atomically.
+        Personas are not saved: they are sampled again, identically, from the seed."""
+        pop = self.plan.populations[self.population]
+        cols = {"agent": pa.array(self.ids, pa.int64())}
+        for name in list(pop.state) + list(pop.outputs):
+            if name in self.columns:
+                cols["v:" + name] = arrow_values(self.columns[name], self.types[name])
+        for j, texts in enumerate(self.mem_text):
+            cols[f"m:{j}"] = pa.array(texts.tolist(), pa.string())
+            cols[f"c:{j}"] = pa.array(self.mem_chars[j], pa.int32())
+        cols["count"] = pa.array(self.mem_count, pa.int64())
+        table = pa.table(cols)
+        target = self.checkpoint_file(directory)
+        os.makedirs(directory, exist_ok=True)
+        tmp = target + ".tmp"
+        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, target)
+        return target
+
+    def load_checkpoint(self, directory: str) -> None:
+        path = self.checkpoint_file(directory)
+        try:
+            with pa.memory_map(path) as source:
+                table = pa.ipc.open_file(source).read_all()
+        except (OSError, pa.ArrowInvalid) as e:
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+        if table.num_rows != len(self.ids) or table.column("agent")[0].as_py() != self.start:
+            raise CheckpointError(f"checkpoint {path} holds other agents than shard {self.population}/{self.index}")
+        for field in table.schema.names:
+            if field.startswith("v:"):
+                name = field[2:]
+                state = name in self.plan.populations[self.population].state
+                self.columns[name] = from_arrow(table.column(field), self.types[name], state)
+            elif field.startswith("m:"):
+                j = int(field[2:])
+                arr = np.empty(len(self.ids), dtype=object)
+                arr[:] = [self._intern(t) for t in table.column(field).to_pylist()]
+                self.mem_text[j] = arr
+            elif field.startswith("c:"):
+                self.mem_chars[int(field[2:])] = table.column(field).to_numpy()
+        self.mem_count = table.column("count").to_numpy().copy()
+
     # ---------------------------------------------------------------- inspection
     def inspect(self, agent_id: int) -> dict | None:
         local = agent_id - self.start
@@ -304,6 +359,34 @@ class Shard:
                         seen.add(id(x))
                         total += sys.getsizeof(x)
         return total
+
+
+class CheckpointError(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):
+        return (CheckpointError, (self.message,))
+
+
+def from_arrow(column, ty: dict, state: bool) -> np.ndarray:
+    """The inverse of arrow_values: back to the shard's in-memory column for this type.
+    State fields never miss a value and keep their own dtype; ask outputs use NaN / None for missing."""
+    import json
+
+    kind = ty.get("kind")
+    values = column.to_pylist()
+    if kind in ("int", "float", "bool"):
+        if state:
+            return np.array(values, dtype={"int": np.int64, "float": np.float64, "bool": bool}[kind])
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    arr = np.empty(len(values), dtype=object)
+    if kind in ("list", "record", "any"):
+        arr[:] = [None if v is None else json.loads(v) for v in values]
+    else:
+        arr[:] = values
+    return arr
 
 
 def _filled(ty: dict, value, n: int) -> np.ndarray:

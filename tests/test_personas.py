@@ -285,18 +285,12 @@ def test_personas_command_prints_what_a_run_writes(tmp_path, capsys):
     printed = pd.DataFrame([json.loads(line) for line in capsys.readouterr().out.splitlines()])
     assert list(printed.columns) == list(written.columns) and len(printed) == n
     for name in written.columns:
-        if "." in name and not pd.api.types.is_numeric_dtype(written[name]):
-            # shard.py types persona columns by field name only, so a table's text and float columns reach
-            # personas.parquet JSON-encoded ('"Lyon"'); see test_table_columns_in_personas_parquet_keep_their_types
-            written[name] = written[name].map(json.loads)
         if written[name].dtype.kind == "f":
             assert np.allclose(printed[name].astype(float), written[name]), name
         else:
             assert printed[name].tolist() == written[name].tolist(), name
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/shard.py builds self.types from whole fields, so table columns "
-                   "(`row.city`) are typed `any` and JSON-encoded; fix: self.types = personas.column_types(persona)")
 def test_table_columns_in_personas_parquet_keep_their_types(tmp_path):
     shutil.copytree(FIXTURES, tmp_path / "personas")
     raw = compile_file(str(tmp_path / "personas" / "distributions.pop"), ["n=50"]).plan

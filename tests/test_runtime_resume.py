@@ -1,0 +1,114 @@
+"""Checkpoints and resume: kill -9 the driver mid-run, resume, and get the uninterrupted results."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from populace.runtime.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGSHIP = ROOT / "examples" / "guess_two_thirds.pop"
+
+
+def slow_flagship(tmp_path: Path) -> Path:
+    """The flagship on its mock model with a little latency, so a kill lands in the middle."""
+    text = FLAGSHIP.read_text().replace("model   = level_k", "model   = writer")
+    text = text.replace("  provider = mock                   # deterministic text, no network",
+                        "  provider = mock\n  latency = 50ms\n  in_flight = 1000")
+    path = tmp_path / "slow.pop"
+    path.write_text(text)
+    return path
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def asks(run_dir: Path) -> dict:
+    return {p.relative_to(run_dir).as_posix(): pd.read_parquet(p) for p in sorted((run_dir / "asks").rglob("*.parquet"))}
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines() if x.endswith("}")]
+
+
+def start(path: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "populace.runtime.cli", "run", str(path), "--set", "players=3000", "--set", "rounds=8",
+           "--executor", "local", "--quiet", "--run-dir", str(run_dir), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_kill_the_driver_then_resume_gives_identical_results(tmp_path):
+    path = slow_flagship(tmp_path)
+    whole = tmp_path / "whole"
+    proc = start(path, whole)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()[-2000:]
+
+    broken = tmp_path / "broken"
+    proc = start(path, broken)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait for the fourth round's record, then kill -9
+        if (broken / "metrics.jsonl").exists() and len((broken / "metrics.jsonl").read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(metrics(broken)) < 8, "the run finished before it could be killed"
+    assert not (broken / "summary.json").exists()
+
+    assert main(["resume", str(broken), "--executor", "local", "--quiet"]) == 0
+    assert metrics(broken) == metrics(whole)
+    a, b = asks(whole), asks(broken)
+    assert a.keys() == b.keys() and len(a) == 8
+    for key in a:
+        pd.testing.assert_frame_equal(a[key], b[key])
+    pd.testing.assert_frame_equal(pd.read_parquet(whole / "personas.parquet"), pd.read_parquet(broken / "personas.parquet"))
+    summary = json.loads((broken / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["agent_steps"] == 8 * 3000
+    resumed = [e for e in events(broken) if e["type"] == "run_started" and "resumed_from" in e]
+    assert len(resumed) == 1
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_and_refuses_without_one(tmp_path, capsys):
+    path = slow_flagship(tmp_path)
+    run_dir = tmp_path / "r"
+    assert main(["run", str(path), "--set", "players=300", "--set", "rounds=4", "--executor", "local",
+                 "--quiet", "--run-dir", str(run_dir)]) == 0
+    finished = metrics(run_dir)
+    checkpoints = sorted((run_dir / "checkpoints").iterdir())
+    assert len(checkpoints) == 2  # only the last two are kept
+    # Damage the newest checkpoint's shard file: resume must use the one before it.
+    newest = checkpoints[-1]
+    for f in newest.glob("*.arrow"):
+        f.write_bytes(b"not arrow at all")
+    (run_dir / "summary.json").unlink()
+    assert main(["resume", str(run_dir), "--executor", "local", "--quiet"]) == 0
+    assert metrics(run_dir) == finished
+    resumed = [e for e in events(run_dir) if e.get("resumed_from")]
+    assert resumed[-1]["resumed_from"] == int(checkpoints[-2].name)
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["resume", str(empty), "--executor", "local"]) == 1
+    assert "cannot be resumed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_resume_on_ray(tmp_path, ray_session):
+    path = slow_flagship(tmp_path)
+    run_dir = tmp_path / "ray"
+    assert main(["run", str(path), "--set", "players=500", "--set", "rounds=3", "--shards", "2",
+                 "--quiet", "--run-dir", str(run_dir)]) == 0
+    finished = metrics(run_dir)
+    (run_dir / "summary.json").unlink()
+    assert main(["resume", str(run_dir), "--quiet"]) == 0  # from the last checkpoint (before round 3's ask)
+    assert metrics(run_dir) == finished
