@@ -1,0 +1,286 @@
+"""The monitor without a browser: its data functions on a real run directory, the token gate, and
+the page through NiceGUI's simulated user (nicegui.testing's user simulation with a root function)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from populace.compiler import compile_file
+from populace.compiler.plan import plan_from_dict
+from populace.runtime.monitor_auth import COOKIE, TokenGate, exposed
+from populace.runtime.monitor_data import (
+    EventTail, FilterError, MonitorState, PersonaPages, distribution, find_agent, persona_files,
+)
+from populace.runtime.run import run_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGSHIP = ROOT / "examples" / "guess_two_thirds.pop"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    plan = plan_from_dict(compile_file(str(FLAGSHIP), ["players=200"]).plan)
+    path = tmp_path_factory.mktemp("monitor") / "run"
+    run_plan(plan, executor="local", shards=2, run_dir=str(path))
+    return path
+
+
+def monitor_of(path) -> MonitorState:
+    monitor = MonitorState(str(path))
+    monitor.poll()
+    return monitor
+
+
+# ---------------------------------------------------------------- data
+
+def test_finished_run_reads_as_finished(run_dir):
+    monitor = monitor_of(run_dir)
+    assert monitor.state.status == "finished"
+    rows = monitor.step_rows()
+    assert [r["id"] for r in rows] == ["step:repeat.round", "step:ask.guess", "step:let.target",
+                                       "step:set.game.winners", "step:record"]
+    assert {r["status"] for r in rows} == {"finished"}
+    assert rows[0]["iteration"] == "round=3" and rows[1]["runs"] == 3
+    assert [r["depth"] for r in rows] == [0, 1, 1, 1, 1]
+    assert monitor.eta() == {"step": None, "run": 0.0}
+    assert monitor.summary["status"] == "finished"
+
+
+def test_metrics_and_distribution_match_the_run_directory(run_dir):
+    monitor = monitor_of(run_dir)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    series = monitor.metric_series()
+    assert set(series) == {"target", "mean_guess"}  # the loop variable and the histogram are not lines
+    assert series["mean_guess"] == (["round=1", "round=2", "round=3"], [m["mean_guess"] for m in metrics])
+    path = monitor.latest_ask_file()
+    assert path.endswith("asks/ask.guess/round=3.parquet")
+    shown = distribution(path)
+    values = pd.read_parquet(path)["value"]
+    assert shown["kind"] == "histogram" and sum(shown["counts"]) == len(values) == 200
+    # one bar per integer when the range is small: the bar of 0 counts the zeros
+    zero = shown["edges"].index(-0.5)
+    assert shown["counts"][zero] == int((values == 0).sum())
+
+
+def test_models_cluster_and_rates(run_dir):
+    monitor = monitor_of(run_dir)
+    [model] = monitor.model_rows()
+    assert model["model"] == "level_k" and model["calls"] == 600 and model["cost_usd"] == 0.0
+    assert monitor.cost() == 0.0
+    [cluster] = monitor.cluster_rows()
+    assert cluster["population"] == "players" and cluster["shards"] == 2 and cluster["shard_steps"] == [3, 3]
+    assert sum(cluster["shard_agents"]) == 200
+    assert len(monitor.throughput) == 3 and monitor.rates()["agents"] > 0
+
+
+def test_agent_inspector_reads_one_agent(run_dir):
+    monitor = monitor_of(run_dir)
+    found = find_agent(monitor, 137)
+    personas = pd.read_parquet(run_dir / "personas.parquet")
+    expected = personas[personas.agent == 137].iloc[0]
+    assert found["persona"]["major"] == expected["major"] and found["persona"]["age"] == expected["age"]
+    assert [a["iteration"] for a in found["answers"]] == ["[round=3]", "[round=2]", "[round=1]"]
+    round2 = pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=2.parquet").set_index("agent").loc[137]
+    assert found["answers"][1]["value"] == round2["value"] and found["answers"][1]["reply"] == round2["reply"]
+    assert "{{round}}" in found["prompts"]["step:ask.guess"]
+    assert find_agent(monitor, 10_000)["persona"] is None
+
+
+def test_persona_pages_and_filters(run_dir):
+    pages = PersonaPages(persona_files(str(run_dir))[""])
+    personas = pd.read_parquet(run_dir / "personas.parquet")
+    page = pages.page(3)
+    assert [r["agent"] for r in page["rows"]] == list(range(60, 80)) and page["pages"] == 10
+    assert pages.page(99)["page"] == 9  # clamped to the last page
+    economists = personas[personas.major == "economics"]
+    page = pages.page(1, "major = economics")
+    assert page["total"] == len(economists)
+    assert [r["agent"] for r in page["rows"]] == list(economists.agent[20:40])
+    assert pages.page(0, "age >= 25")["total"] == int((personas.age >= 25).sum())
+    with pytest.raises(FilterError, match="no persona field `salary`"):
+        pages.page(0, "salary > 3")
+    with pytest.raises(FilterError, match="FIELD OP VALUE"):
+        pages.page(0, "economics")
+
+
+def test_tail_reads_only_new_bytes_and_waits_for_whole_lines(run_dir, tmp_path):
+    shutil.copy(run_dir / "plan.json", tmp_path / "plan.json")
+    lines = (run_dir / "events.jsonl").read_bytes().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if json.loads(line)["type"] == "step_started")
+    head, lines = b"".join(lines[:first + 1]), lines[first + 1:]
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(head + lines[0][:10])  # up to the first step_started, then half a line
+    monitor = MonitorState(str(tmp_path))
+    assert monitor.poll()
+    assert monitor.state.status == "running" and monitor.running == "step:ask.guess"
+    statuses = {r["id"]: r["status"] for r in monitor.step_rows()}
+    assert statuses["step:ask.guess"] == "running" and statuses["step:repeat.round"] == "running"
+    assert statuses["step:record"] == "pending"
+    assert monitor.tail.offset == len(head + lines[0][:10])
+    with open(events, "ab") as f:
+        f.write(lines[0][10:])
+    assert monitor.poll() and monitor.tail.pending == b""
+    assert not monitor.poll()  # nothing new: nothing changes
+    with open(events, "ab") as f:
+        f.writelines(lines[1:])
+    monitor.poll()
+    assert monitor.state.status == "finished" and monitor.state.steps_done == 3
+
+
+def test_errors_point_at_the_scenario_line(run_dir, tmp_path):
+    shutil.copy(run_dir / "plan.json", tmp_path / "plan.json")
+    plan = json.loads((run_dir / "plan.json").read_text())
+    ask_span = plan["workflow"][0]["body"][0]["span"]
+    let_span = plan["workflow"][0]["body"][1]["span"]
+    events = [
+        {"type": "run_started", "t": 0, "scenario": "g", "plan_hash": "h", "executor": "local",
+         "shards": {"players": 1}, "agents": {"players": 200}},
+        {"type": "step_started", "t": 0.1, "step": "step:ask.guess", "iteration": "[round=1]", "op": "ask",
+         "population": "players", "agents": 200},
+        {"type": "agent_errors", "t": 0.2, "step": "step:ask.guess", "iteration": "[round=1]", "count": 1,
+         "samples": [{"agent": 7, "error": "value 101 is outside 0..100"}], "span": ask_span},
+        {"type": "run_failed", "t": 0.3,
+         "error": f"{let_span['file']}:{let_span['line']}:{let_span['column']}: division by zero"},
+        {"type": "run_finished", "t": 0.3, "status": "failed"},
+    ]
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    monitor = monitor_of(tmp_path)
+    agent, run = monitor.errors
+    assert agent["agent"] == 7 and agent["step"] == "step:ask.guess" and agent["where"].endswith(":53:5")
+    assert "ask players" in agent["source"]
+    assert run["kind"] == "run" and run["error"] == "division by zero" and run["where"].endswith(":59:5")
+    assert "let target" in run["source"]
+    statuses = {r["id"]: r["status"] for r in monitor.step_rows()}
+    assert statuses["step:let.target"] == "failed" and statuses["step:repeat.round"] == "failed"
+    assert statuses["step:ask.guess"] == "done" and statuses["step:record"] == "not run"
+
+
+def test_event_tail_on_a_missing_file(tmp_path):
+    assert EventTail(str(tmp_path / "events.jsonl")).read() == []
+    assert not MonitorState(str(tmp_path)).poll()
+
+
+# ---------------------------------------------------------------- the token gate
+
+async def _ok(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"page"})
+
+
+@pytest.mark.asyncio
+async def test_token_gate_refuses_requests_without_the_token():
+    assert not exposed("127.0.0.1") and not exposed("localhost") and exposed("0.0.0.0")
+    gate = TokenGate(_ok, token="s3cret")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(gate), base_url="http://monitor") as client:
+        assert (await client.get("/")).status_code == 401
+        assert (await client.get("/", headers={"Authorization": "Bearer wrong"})).status_code == 401
+        assert (await client.get("/?token=wrong")).status_code == 401
+        assert (await client.get("/", headers={"Authorization": "Bearer s3cret"})).status_code == 200
+        first = await client.get("/?token=s3cret&x=1")
+        assert first.status_code == 303 and first.headers["location"] == "/?x=1"
+        assert "HttpOnly" in first.headers["set-cookie"] and f"{COOKIE}=s3cret" in first.headers["set-cookie"]
+        again = await client.get("/_nicegui/anything")  # the client keeps the cookie
+        assert again.status_code == 200 and again.text == "page"
+
+
+# ---------------------------------------------------------------- the page (simulated user)
+
+@pytest.fixture
+def page_user():
+    """A simulated browser tab on the monitor page of a run directory."""
+    from nicegui.testing.user_simulation import user_simulation
+
+    from populace.runtime.monitor import root_for
+
+    def open_page(path):
+        return user_simulation(root=root_for(MonitorState(str(path))))
+
+    return open_page
+
+
+def _value(user, marker: str):
+    [element] = user.find(marker=marker).elements
+    return element
+
+
+@pytest.mark.asyncio
+async def test_page_shows_a_finished_run(page_user, run_dir, caplog):
+    from nicegui import ui
+
+    async with page_user(run_dir) as user:
+        await user.open("/")
+        await user.should_see("guess_two_thirds")
+        assert _value(user, "status").text == "finished"
+        statuses = [e.text for e in user.find(kind=ui.badge).elements if any(m.startswith("step-status:") for m in e._markers)]
+        assert statuses == ["finished"] * 5
+        chart = _value(user, "metric:mean_guess")
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert chart.options["series"][0]["data"] == [m["mean_guess"] for m in metrics]
+        assert chart.options["xAxis"]["data"] == ["round=1", "round=2", "round=3"]
+        hist = _value(user, "distribution")
+        assert sum(hist.options["series"][0]["data"]) == 200
+        assert _value(user, "models").rows[0]["model"] == "level_k"
+        assert _value(user, "stat-calls").text == "600"
+        await user.should_see("no errors")
+        await user.should_see("players: 200 agents in 2 shard(s)")
+        # a step's scenario lines
+        user.find(marker="step-row:step:ask.guess").click()
+        await user.should_see(marker="source")
+        assert "53 |     ask players" in _value(user, "source").text
+        # the persona table: 20 rows a page, the next page reads the next 20
+        personas = _value(user, "personas")
+        assert [r["agent"] for r in personas.rows] == list(range(20))
+        user.find(marker="next-page").click()
+        assert [r["agent"] for r in personas.rows] == list(range(20, 40))
+        await user.should_see("page 2 of 10")
+        user.find(marker="filter").type("major = art").trigger("keydown.enter")
+        assert personas.rows and {r["major"] for r in personas.rows} == {"art"}
+        # the inspector
+        user.find(marker="agent-id").clear().type("42")
+        user.find(marker="inspect").click()
+        await user.should_see("agent 42")
+        answers = _value(user, "answers")
+        assert [r["iteration"] for r in answers.rows] == ["[round=3]", "[round=2]", "[round=1]"]
+        # no control on a finished run
+        assert not _value(user, "pause").enabled and not _value(user, "stop").enabled
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.asyncio
+async def test_page_controls_write_control_json(page_user, run_dir, tmp_path):
+    shutil.copy(run_dir / "plan.json", tmp_path / "plan.json")
+    lines = (run_dir / "events.jsonl").read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if json.loads(line)["type"] == "step_started")
+    (tmp_path / "events.jsonl").write_text("".join(lines[:first + 1]))  # started, first step running
+    async with page_user(tmp_path) as user:
+        await user.open("/")
+        assert _value(user, "status").text == "running"
+        assert _value(user, "pause").enabled and not _value(user, "resume").enabled
+        user.find(marker="pause").click()
+        assert json.loads((tmp_path / "control.json").read_text())["action"] == "pause"
+        await user.should_see("pause requested")
+        with open(tmp_path / "events.jsonl", "a") as f:
+            f.write(json.dumps({"type": "run_paused", "t": 1.0, "before": "step:let.target", "iteration": "[round=1]"}) + "\n")
+        for _ in range(20):
+            if _value(user, "status").text == "paused":
+                break
+            await asyncio.sleep(0.1)
+        assert _value(user, "status").text == "paused" and _value(user, "resume").enabled
+        user.find(marker="resume").click()
+        assert json.loads((tmp_path / "control.json").read_text())["action"] == "resume"
+        user.find(marker="stop").click()
+        assert json.loads((tmp_path / "control.json").read_text())["action"] == "stop"
+
+
+@pytest.mark.asyncio
+async def test_page_waits_for_a_run_that_has_not_started(page_user, tmp_path):
+    async with page_user(tmp_path) as user:
+        await user.open("/")
+        await user.should_see("waiting for the run to start")
+        assert _value(user, "status").text == "pending" and not _value(user, "pause").enabled
