@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--cache", help="response cache (SQLite) to read and extend; default: cache.sqlite in the run directory")
     p.add_argument("--replay", action="store_true", help="answer only from the cache; refuse any new model call")
+    p.add_argument("--monitor", action="store_true",
+                   help="serve the live monitor page while the run goes on (and after it, until Ctrl-C)")
+    _add_monitor_address(p)
+
+    p = sub.add_parser("monitor", help="serve the live monitor page for a run directory (in progress or finished)")
+    p.add_argument("run_dir")
+    _add_monitor_address(p)
 
     p = sub.add_parser("personas", help="sample and print a population's personas without running the simulation")
     p.add_argument("file")
@@ -74,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the summary")
 
     return parser
+
+
+def _add_monitor_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=8080, help="monitor port (default: 8080)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="monitor address (default: 127.0.0.1); any other needs the access token")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,12 +202,109 @@ def cmd_run(args) -> int:
     if args.replay and not args.cache:
         print("error: --replay needs --cache PATH (the cache to replay from)", file=sys.stderr)
         return 2
-    summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address,
-                       run_dir=args.run_dir, quiet=args.quiet, cache=args.cache, replay=args.replay)
-    from .progress import print_summary
+    run_dir, monitor = args.run_dir, None
+    if args.monitor:
+        import os
 
-    print_summary(summary)
-    return 0 if summary["status"] == "finished" else 1
+        from .rundir import new_run_dir
+
+        run_dir = run_dir or new_run_dir(plan.scenario["name"])
+        os.makedirs(run_dir, exist_ok=True)
+        monitor = _start_monitor(run_dir, args.host, args.port)
+        if monitor is None:
+            return 1
+    try:
+        summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address,
+                           run_dir=run_dir, quiet=args.quiet, cache=args.cache, replay=args.replay)
+        from .progress import print_summary
+
+        print_summary(summary)
+        code = 0 if summary["status"] == "finished" else 1
+        if monitor is not None:
+            print("the monitor keeps serving the finished run; Ctrl-C to quit", flush=True)
+            try:
+                monitor.wait()
+            except KeyboardInterrupt:
+                pass
+        return code
+    finally:
+        if monitor is not None and monitor.poll() is None:
+            import subprocess
+
+            monitor.terminate()
+            try:
+                monitor.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                monitor.kill()
+
+
+def _monitor_token(host: str) -> tuple[str | None, bool]:
+    """The access token for an exposed monitor: POPULACE_MONITOR_TOKEN, or a new one (to be printed)."""
+    import os
+    import secrets
+
+    from .monitor_auth import exposed
+
+    if not exposed(host):
+        return None, False
+    if os.environ.get("POPULACE_MONITOR_TOKEN"):
+        return os.environ["POPULACE_MONITOR_TOKEN"], False
+    return secrets.token_urlsafe(24), True
+
+
+def _monitor_url(host: str, port: int, token: str | None, show_token: bool) -> str:
+    import socket
+
+    shown = socket.gethostname() if host in ("0.0.0.0", "::") else host
+    url = f"http://{shown}:{port}/"
+    if token and show_token:
+        return url + f"?token={token}"
+    if token:
+        return url + "  (token: POPULACE_MONITOR_TOKEN)"
+    return url
+
+
+def _start_monitor(run_dir: str, host: str, port: int):
+    """Serve the monitor from a child process (NiceGUI wants a main thread); wait until it answers."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    token, generated = _monitor_token(host)
+    env = dict(os.environ)
+    if token:
+        env["POPULACE_MONITOR_TOKEN"] = token  # the environment, not argv: argv is visible to other users
+    # Its own session: a Ctrl-C on the terminal stops the run, and the page stays up to show it.
+    child = subprocess.Popen([sys.executable, "-m", "populace.runtime.monitor", run_dir, "--host", host,
+                              "--port", str(port), "--watch-pid", str(os.getpid())], env=env, start_new_session=True)
+    probe = "127.0.0.1" if host in ("0.0.0.0", "localhost") else ("::1" if host == "::" else host)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            print(f"error: the monitor could not start on {host}:{port} (is the port in use?)", file=sys.stderr)
+            return None
+        try:
+            with socket.create_connection((probe, port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.1)
+    print(f"monitor: {_monitor_url(host, port, token, generated)}", flush=True)
+    return child
+
+
+def cmd_monitor(args) -> int:
+    import os
+
+    from .monitor import serve
+
+    if not os.path.isdir(args.run_dir):
+        print(f"error: no run directory {args.run_dir}", file=sys.stderr)
+        return 2
+    token, generated = _monitor_token(args.host)
+    print(f"monitor: {_monitor_url(args.host, args.port, token, generated)}", flush=True)
+    serve(args.run_dir, args.host, args.port, token)
+    return 0
 
 
 def _with_seed(raw: dict, seed: int) -> dict:
@@ -232,6 +342,7 @@ def cmd_personas(args) -> int:
 
 
 COMMANDS = {"personas": cmd_personas, "run": cmd_run, "check": cmd_check, "fmt": cmd_fmt, "compile": cmd_compile, "explain": cmd_explain}
+COMMANDS["monitor"] = cmd_monitor
 
 
 def cmd_resume(args) -> int:
