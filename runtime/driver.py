@@ -211,6 +211,11 @@ class Driver:
             return
         self.checkpoint()
 
+    def _restart_events(self, step, label) -> None:
+        while self.executor.restarts:
+            restart = self.executor.restarts.pop(0)
+            self.emit(dict(restart, type="shard_restarted", step=step["id"], iteration=label))
+
     def checkpoint(self) -> None:
         """Shards save their state, then driver.json (written last) makes the checkpoint complete."""
         self.seq += 1
@@ -225,6 +230,7 @@ class Driver:
             "shard_steps": self.shard_steps, "elapsed": time.monotonic() - self.started + self.elapsed_before,
         }
         self.run_dir.write_json(f"checkpoints/{self.seq:06d}/driver.json", state)
+        self.executor.checkpoint_done()
         self.emit({"type": "checkpoint", "seq": self.seq, "before": self.frames[-1]["index"],
                    "iteration": self.frames[-1]["label"]})
         self.run_dir.prune_checkpoints(keep=2)
@@ -392,6 +398,7 @@ class Driver:
                        "errors": result["errors"] if isinstance(result, dict) else 0})
 
         results = self.executor.call(pop, method, step, context, on_done=shard_done)
+        self._restart_events(step, label)
         seconds = time.monotonic() - began
         event = {"type": "step_finished", "step": step["id"], "iteration": label, "op": step["op"], "population": pop,
                  "seconds": round(seconds, 4)}

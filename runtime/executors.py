@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 from .shard import Shard
+
+MAX_RESTARTS = 3  # a shard that keeps dying fails the run after this many restarts (it stays resumable)
+MUTATING = ("ask", "set_state", "tell", "broadcast")  # calls that change agents: replayed after a restart
 
 
 def layout(plan, shards: int | None, default_shards: int) -> dict[str, list[tuple[int, int]]]:
@@ -42,6 +46,11 @@ class LocalExecutor:
                 on_done(i, results[-1])
         return results
 
+    def checkpoint_done(self) -> None:
+        pass
+
+    restarts: list = []
+
     def close(self) -> None:
         self.shards = {}
 
@@ -63,9 +72,15 @@ class RayExecutor:
             self.started_ray = True
         self.ranges = ranges = ranges or layout(plan, shards, int(ray.cluster_resources().get("CPU", 1)))
         # num_cpus=0: we size the shard pool ourselves; actors asking 1 CPU each would queue forever
-        # once there are more shards than CPUs. No restarts yet: a dead shard fails the run loudly.
-        remote = ray.remote(num_cpus=0, max_restarts=0)(Shard)
-        plan_ref = ray.put(plan_raw)
+        # once there are more shards than CPUs. A shard whose process dies is restarted by Ray and
+        # reloads the latest checkpoint; we (not Ray) then replay the agent-changing calls made
+        # since that checkpoint and send the failed call again, so no step is lost or done twice.
+        restarts = MAX_RESTARTS if (options or {}).get("restartable") else 0
+        remote = ray.remote(num_cpus=0, max_restarts=restarts, max_task_retries=0)(Shard)
+        self.journal: dict[str, list] = {pop: [] for pop in ranges}
+        self.restarts: list[dict] = []
+        # Held for the run's life: a restarted actor fetches its constructor arguments again.
+        self.plan_ref = plan_ref = ray.put(plan_raw)
         self.actors = {pop: [remote.remote(plan_ref, pop, i, a, b, len(rs), options) for i, (a, b) in enumerate(rs)]
                        for pop, rs in ranges.items()}
         try:
@@ -75,18 +90,50 @@ class RayExecutor:
             raise
 
     def call(self, population: str, method: str, *args, on_done=None) -> list:
+        if method in MUTATING:
+            self.journal[population].append((method, args))
         refs = [getattr(a, method).remote(*args) for a in self.actors[population]]
-        if on_done is None:
-            return self.ray.get(refs)
         index = {ref: i for i, ref in enumerate(refs)}
         results: list = [None] * len(refs)
         pending = list(refs)
         while pending:
             ready, pending = self.ray.wait(pending, num_returns=1)
             i = index[ready[0]]
-            results[i] = self.ray.get(ready[0])
-            on_done(i, results[i])
+            try:
+                results[i] = self.ray.get(ready[0])
+            except self.ray.exceptions.RayActorError:
+                results[i] = self._recover(population, i, method, args)
+            if on_done:
+                on_done(i, results[i])
         return results
+
+    def _recover(self, population: str, index: int, method: str, args) -> object:
+        """Shard `index` died: once Ray has restarted it from the latest checkpoint, replay what
+        changed its agents since then, then send the failed call again. Ray gives up after
+        MAX_RESTARTS; then the error reaches the driver and the run fails (and stays resumable)."""
+        actor = self.actors[population][index]
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                restarted_from = self.ray.get(actor.take_restart.remote())
+                break
+            except self.ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        replay = self.journal[population]
+        if method in MUTATING:
+            replay = replay[:-1]  # the failed call itself is sent below
+        for m, a in replay:
+            self.ray.get(getattr(actor, m).remote(*a))
+        self.restarts.append({"population": population, "shard": index, "from_checkpoint": restarted_from,
+                              "replayed": len(replay)})
+        return self.ray.get(getattr(actor, method).remote(*args))
+
+    def checkpoint_done(self) -> None:
+        """The driver finished a checkpoint: calls before it need no replay."""
+        for calls in self.journal.values():
+            calls.clear()
 
     def close(self) -> None:
         for actors in self.actors.values():

@@ -59,7 +59,9 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
     for directory, state in candidates:
         ranges = {pop: [tuple(r) for r in rs] for pop, rs in state["ranges"].items()}
         options = {"cache": os.path.abspath(cache or os.path.join(run_dir, "cache.sqlite")), "replay": False,
-                   "environment": model_environment(plan), "restore": directory}
+                   "environment": model_environment(plan), "restore": directory,
+                   "checkpoints": os.path.abspath(os.path.join(run_dir, "checkpoints")),
+                   "restartable": plan.settings.get("checkpoint_every", 1) == 1}
         try:
             ex = make_executor(executor, plan, address=address, options=options, ranges=ranges)
         except Exception as e:  # a corrupt shard file: try the checkpoint before

@@ -13,14 +13,16 @@ from .rundir import RunDir, new_run_dir
 
 def run_plan(plan, executor: str = "ray", shards: int | None = None, address: str | None = None,
              run_dir: str | None = None, quiet: bool = True, listener=None, cache: str | None = None,
-             replay: bool = False) -> dict:
+             replay: bool = False, checkpoint_every: int | None = None) -> dict:
     """`cache`: the response cache (default: cache.sqlite in the run directory); `replay`: refuse
     any model call whose reply is not in the cache."""
     import os
 
     directory = RunDir(run_dir or new_run_dir(plan.scenario["name"]))
+    every = plan.settings.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
     options = {"cache": os.path.abspath(cache or directory.file("cache.sqlite")), "replay": replay,
-               "environment": model_environment(plan)}
+               "environment": model_environment(plan),
+               "checkpoints": os.path.abspath(directory.file("checkpoints")), "restartable": every == 1}
     ex = make_executor(executor, plan, shards, address, options)
     try:
         with Progress(quiet=quiet) as progress:
@@ -29,7 +31,7 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
                 if listener:
                     listener(event)
 
-            return Driver(plan, ex, directory, listen).run()
+            return Driver(plan, ex, directory, listen, checkpoint_every=checkpoint_every).run()
     finally:
         ex.close()
         directory.close()

@@ -59,7 +59,15 @@ class Shard:
         self.mem_chars = np.zeros((2 * k, n), dtype=np.int32)
         self.mem_count = np.zeros(n, dtype=np.int64)
         self._interned: dict = {}
-        if self.options.get("restore"):
+        self.restarted_from = None
+        if self.options.get("checkpoints") and _reconstructed():
+            # Ray brought this shard back after its process died: reload the latest checkpoint,
+            # which was taken just before the step whose call Ray is about to send again.
+            latest = latest_checkpoint(self.options["checkpoints"])
+            if latest is not None:
+                self.load_checkpoint(latest)
+            self.restarted_from = os.path.basename(latest) if latest else "start"
+        elif self.options.get("restore"):
             self.load_checkpoint(self.options["restore"])
         # Build the agents' model clients up front: a missing API key or an unloadable policy fails
         # the run at start, and SDK imports do not land inside the first step.
@@ -71,6 +79,14 @@ class Shard:
     def ready(self) -> bool:
         """Answered once the shard is built: start-up errors surface here, before the first step."""
         return True
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def take_restart(self):
+        """The checkpoint this shard was restarted from (once), or None: the driver makes it an event."""
+        restarted, self.restarted_from = self.restarted_from, None
+        return restarted
 
     # ---------------------------------------------------------------- models
     def model(self, name: str):
@@ -359,6 +375,27 @@ class Shard:
                         seen.add(id(x))
                         total += sys.getsizeof(x)
         return total
+
+
+def _reconstructed() -> bool:
+    try:
+        import ray
+
+        import warnings
+
+        with warnings.catch_warnings():  # the property warns about a deprecated call inside Ray itself
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
+    except Exception:  # not inside a Ray actor (local executor): never a restart
+        return False
+
+
+def latest_checkpoint(root: str) -> str | None:
+    """The newest complete checkpoint directory (its driver.json written last), or None."""
+    if not os.path.isdir(root):
+        return None
+    done = sorted(d for d in os.listdir(root) if os.path.exists(os.path.join(root, d, "driver.json")))
+    return os.path.join(root, done[-1]) if done else None
 
 
 class CheckpointError(Exception):

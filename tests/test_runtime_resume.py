@@ -112,3 +112,60 @@ def test_resume_on_ray(tmp_path, ray_session):
     (run_dir / "summary.json").unlink()
     assert main(["resume", str(run_dir), "--quiet"]) == 0  # from the last checkpoint (before round 3's ask)
     assert metrics(run_dir) == finished
+
+
+@pytest.mark.slow
+def test_a_shard_worker_killed_mid_step_is_restarted_and_the_results_are_unchanged(tmp_path, ray_session):
+    import threading
+
+    from populace.compiler import compile_file
+    from populace.compiler.plan import plan_from_dict
+    from populace.runtime.run import run_plan
+
+    path = slow_flagship(tmp_path)
+    text = path.read_text().replace("latency = 50ms", "latency = 600ms")
+    path.write_text(text)
+    plan = plan_from_dict(compile_file(str(path), ["players=400", "rounds=3"]).plan)
+    base = run_plan(plan, executor="local", shards=2, run_dir=str(tmp_path / "calm"))
+    assert base["status"] == "finished"
+
+    killed = []
+
+    pids = {}
+
+    def listener(event):
+        # Learn shard 1's worker pid while it is idle; in round 2's ask, kill it while it waits
+        # on its model calls (mid-step).
+        if event["type"] == "run_started":
+            pids[1] = ray_session.get(executor_ref["ex"].actors["players"][1].pid.remote())
+        if event["type"] == "step_started" and event.get("iteration") == "[round=2]" and not killed:
+            def kill():
+                time.sleep(0.3)
+                os.kill(pids[1], signal.SIGKILL)
+                killed.append(pids[1])
+            threading.Thread(target=kill).start()
+
+    # reach the executor the run creates, to find the worker's pid
+    import populace.runtime.run as run_module
+
+    executor_ref = {}
+    original = run_module.make_executor
+
+    def spy(*args, **kwargs):
+        executor_ref["ex"] = original(*args, **kwargs)
+        return executor_ref["ex"]
+
+    run_module.make_executor = spy
+    try:
+        summary = run_plan(plan, executor="ray", shards=2, run_dir=str(tmp_path / "stormy"), listener=listener)
+    finally:
+        run_module.make_executor = original
+    assert killed and summary["status"] == "finished"
+    assert metrics(tmp_path / "stormy") == metrics(tmp_path / "calm")
+    a, b = asks(tmp_path / "calm"), asks(tmp_path / "stormy")
+    for key in a:
+        pd.testing.assert_frame_equal(a[key], b[key])
+    restarts = [e for e in events(tmp_path / "stormy") if e["type"] == "shard_restarted"]
+    # Back from the checkpoint taken just before round 2's ask; the ask is sent again, nothing replayed.
+    assert len(restarts) == 1 and restarts[0]["shard"] == 1 and restarts[0]["from_checkpoint"] == "000002"
+    assert restarts[0]["iteration"] == "[round=2]" and restarts[0]["replayed"] == 0
