@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--cache", help="response cache (SQLite) to read and extend; default: cache.sqlite in the run directory")
     p.add_argument("--replay", action="store_true", help="answer only from the cache; refuse any new model call")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="checkpoint before every Nth agent-changing step (default: the scenario's checkpoint_every, "
+                        "1; 0 turns checkpoints off)")
     p.add_argument("--monitor", action="store_true",
                    help="serve the live monitor page while the run goes on (and after it, until Ctrl-C)")
     _add_monitor_address(p)
@@ -214,8 +217,12 @@ def cmd_run(args) -> int:
         if monitor is None:
             return 1
     try:
+        if args.checkpoint_every is not None and args.checkpoint_every < 0:
+            print("error: --checkpoint-every must be 0 (off) or more", file=sys.stderr)
+            return 2
         summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address,
-                           run_dir=run_dir, quiet=args.quiet, cache=args.cache, replay=args.replay)
+                           run_dir=run_dir, quiet=args.quiet, cache=args.cache, replay=args.replay,
+                           checkpoint_every=args.checkpoint_every)
         from .progress import print_summary
 
         print_summary(summary)

@@ -287,6 +287,7 @@ class LLMModel:
                          memory_chars=np.zeros(len(prompts), dtype=np.int64), output={"kind": "str"},
                          where="write", seed=seed)
         answers = self.ask(batch)
+        self.last_write_log = answers.log  # the shard folds it into the run's calls, tokens and cost
         failed = [e for e in answers.errors if e]
         if failed:
             raise ModelError(f"model `{self.name}` could not write {len(failed)} persona text(s): {failed[0]}")

@@ -36,6 +36,7 @@ class Shard:
         pop = self.plan.populations[population]
         self.ids = np.arange(start, stop, dtype=np.int64)
         self.models: dict = {}
+        self.write_usage: dict = {}
         persona = self.plan.raw["personas"].get(pop.persona) if pop.persona else None
         self.columns = personas.sample(persona, start, stop, self.seed, write=self._write)
         self.persona_fields = list(self.columns)
@@ -95,7 +96,22 @@ class Shard:
         return self.models[name]
 
     def _write(self, model_name: str, prompts: list[str]) -> list[str]:
-        return self.model(model_name).write(prompts, self.seed)
+        model = self.model(model_name)
+        texts = model.write(prompts, self.seed)
+        log = getattr(model, "last_write_log", None)
+        if log is not None:
+            usage = self.write_usage.setdefault(model_name, {"calls": 0, "tokens_in": 0, "tokens_out": 0,
+                                                              "cache_read": 0, "cache_write": 0, "cache_hits": 0})
+            for key, value in (("calls", log.calls), ("tokens_in", log.tokens_in), ("tokens_out", log.tokens_out),
+                               ("cache_read", log.cache_read), ("cache_write", log.cache_write),
+                               ("cache_hits", log.cache_hits)):
+                usage[key] += value
+        return texts
+
+    def take_write_usage(self) -> dict:
+        """Calls and tokens spent writing persona texts (once): the driver adds them to the run's totals."""
+        usage, self.write_usage = self.write_usage, {}
+        return usage
 
     # ---------------------------------------------------------------- steps
     def frame(self) -> Frame:

@@ -372,10 +372,13 @@ def test_reuse_per_writes_once_per_combination_and_the_cache_pays_nothing(tmp_pa
     path = _written(tmp_path)
     raw = compile_file(str(path), []).plan
     cache = str(tmp_path / "cache.sqlite")
-    run_plan(plan_from_dict(raw), executor="local", shards=1, run_dir=str(tmp_path / "first"), cache=cache)
+    first = run_plan(plan_from_dict(raw), executor="local", shards=1, run_dir=str(tmp_path / "first"), cache=cache)
     table = pd.read_parquet(tmp_path / "first" / "personas.parquet")
     combinations = table.groupby(["city", "job"]).ngroups
     assert combinations == 12 and fake_anthropic.requests == combinations
+    # the written texts are in the run's calls, tokens and cost
+    assert first["models"]["scribe"]["calls"] == combinations and first["models"]["scribe"]["tokens_out"] > 0
+    assert first["cost_usd"] is None or first["cost_usd"] > 0
     assert (table.groupby(["city", "job"])["bio"].nunique() == 1).all()
     assert table["bio"].iloc[0] == f"Bio: Two sentences about a {table['job'].iloc[0]} from {table['city'].iloc[0]}."
     assert "folks.bio = write" not in explain(compile_file(str(path), []))

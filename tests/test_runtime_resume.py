@@ -169,3 +169,13 @@ def test_a_shard_worker_killed_mid_step_is_restarted_and_the_results_are_unchang
     # Back from the checkpoint taken just before round 2's ask; the ask is sent again, nothing replayed.
     assert len(restarts) == 1 and restarts[0]["shard"] == 1 and restarts[0]["from_checkpoint"] == "000002"
     assert restarts[0]["iteration"] == "[round=2]" and restarts[0]["replayed"] == 0
+
+
+def test_checkpoint_every_on_the_command_line(tmp_path):
+    path = slow_flagship(tmp_path)
+    for every, expected in (("0", 0), ("2", 2)):
+        run_dir = tmp_path / f"every-{every}"
+        assert main(["run", str(path), "--set", "players=50", "--set", "rounds=4", "--executor", "local", "--quiet",
+                     "--checkpoint-every", every, "--run-dir", str(run_dir)]) == 0
+        taken = [e for e in events(run_dir) if e["type"] == "checkpoint"]
+        assert len(taken) == expected  # before asks 1 and 3 of 4 with N=2; none with 0
