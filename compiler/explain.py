@@ -200,16 +200,52 @@ class _Explainer:
         fields = set()
         for ir in irs:
             fields |= _persona_refs(ir)
-        basis = set()
+        # Two bounds, the smaller wins: the combinations of the sampled fields everything comes
+        # from, and the combinations of the named fields' own values (a derived `"young" if age <
+        # 22 else "older"` has 2 values however many ages there are).
+        bounds = []
+        basis: set | None = set()
         for name in fields:
             sub = self.basis(persona, name)
             if sub is None:
-                return None
+                basis = None
+                break
             basis |= sub
-        combinations = 1
-        for name in sorted(basis):
-            combinations *= _categories(self.persona_fields(persona)[name]["type"])
-        return min(combinations, agents)
+        if basis is not None:
+            combinations = 1
+            for name in sorted(basis):
+                combinations *= _categories(self.persona_fields(persona)[name]["type"])
+            bounds.append(combinations)
+        own = 1
+        for name in fields:
+            count = self.own_count(persona, name)
+            if count is None:
+                own = None
+                break
+            own *= count
+        if own is not None:
+            bounds.append(own)
+        return min(min(bounds), agents) if bounds else None
+
+    def own_count(self, persona: str | None, name: str) -> int | None:
+        """How many values a persona field can take by itself, when that is small and known."""
+        f = self.persona_fields(persona).get(name)
+        if f is None:
+            return None
+        count = _categories(f["type"])
+        if count is not None:
+            return count
+        if f["kind"] == "derive":
+            return _leaf_count(f["expr"])
+        if f["kind"] == "write" and f.get("reuse_per"):
+            product = 1
+            for ref in f["reuse_per"]:
+                count = self.own_count(persona, ref) if ref != name else None
+                if count is None:
+                    return None
+                product *= count
+            return product
+        return None
 
     # ---------------------------------------------------------------- cost
     def charge(self, model_name: str, calls: int, input_tokens: int, output_tokens: int) -> str:
@@ -405,6 +441,16 @@ def _categories(ty: dict) -> int | None:
         return 2
     if ty["kind"] == "int" and "min" in ty and "max" in ty and ty["max"] - ty["min"] < MAX_CATEGORIES:
         return int(ty["max"] - ty["min"]) + 1
+    return None
+
+
+def _leaf_count(ir) -> int | None:
+    """Values an expression of literal branches can take (`"a" if c else "b"`: 2), or None."""
+    if "lit" in ir:
+        return 1
+    if "if" in ir:
+        then, orelse = _leaf_count(ir["then"]), _leaf_count(ir["else"])
+        return then + orelse if then is not None and orelse is not None else None
     return None
 
 
