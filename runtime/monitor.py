@@ -378,9 +378,11 @@ class Page:
                                 bars.append(ui.linear_progress(0, show_value=False, size="10px").props("rounded instant-feedback color=teal"))
                     widgets = self.shard_widgets[row["population"]] = {"header": header, "bars": bars}
             done = row["shards_done"] if self.monitor.running else (row["shards"] if state.steps_done else 0)
+            restarted = "".join(f" · shard {r['shard']} died and was restarted from checkpoint {r['from_checkpoint']}"
+                                f" ({r['iteration']})" for r in row.get("restarts", []))
             widgets["header"].set_text(f"{row['population']}: {fmt_count(row['agents'])} agents in {row['shards']} shard(s)"
                                        f" · {done}/{row['shards']} done in the current step"
-                                       + (" (first 64 shown)" if row["shards"] > 64 else ""))
+                                       + (" (first 64 shown)" if row["shards"] > 64 else "") + restarted)
             for shard, bar in enumerate(widgets["bars"]):
                 finished = bool(row["shard_agents"][shard]) if shard < len(row["shard_agents"]) else False
                 bar.set_value(1.0 if finished or (not self.monitor.running and state.steps_done) else 0.0)
@@ -426,6 +428,17 @@ class Page:
                     for key, value in found["persona"].items():
                         ui.label(key).classes("text-slate-500")
                         ui.label(str(_shown(value))).classes("mono")
+            if found.get("state"):
+                ui.label(f"state and answers at checkpoint {found['checkpoint']}").classes("text-xs text-slate-500")
+                with ui.element("div").classes("grid gap-x-4 gap-y-1 text-sm").style("grid-template-columns: max-content 1fr"):
+                    for key, value in found["state"].items():
+                        ui.label(key).classes("text-slate-500")
+                        ui.label(str(_shown(value))).classes("mono")
+            if found.get("memory"):
+                ui.label(f"memory at checkpoint {found['checkpoint']}").classes("text-xs text-slate-500")
+                for entry in found["memory"]:
+                    ui.label(f"{entry['role']}: {entry['text']}").classes(
+                        "mono text-xs whitespace-pre-wrap bg-slate-50 p-2 rounded w-full").mark("memory")
             for step, prompt in found["prompts"].items():
                 ui.label(f"prompt of {step[5:]} (template)").classes("text-xs text-slate-500")
                 ui.label(prompt).classes("mono text-xs whitespace-pre-wrap bg-slate-50 p-2 rounded w-full")

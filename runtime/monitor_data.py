@@ -203,6 +203,7 @@ class MonitorState:
     latest_ask: tuple | None = None  # (step id, iteration label) of the last finished ask
     asks: list = field(default_factory=list)  # (step id, iteration, Parquet path) of every finished ask
     record_labels: list = field(default_factory=list)  # x-axis label of each record event
+    restarts: list = field(default_factory=list)  # shard_restarted events: a dead shard brought back
 
     def __post_init__(self):
         self.tail = EventTail(os.path.join(self.run_dir, "events.jsonl"))
@@ -251,6 +252,8 @@ class MonitorState:
         if self.plan is None and kind != "run_started":
             self._load_plan()
         step = e.get("step")
+        if kind == "shard_restarted":
+            self.restarts.append(e)
         if kind == "run_started":
             self.shard_steps = {pop: [0] * n for pop, n in e.get("shards", {}).items()}
             self.shard_progress = {pop: [0] * n for pop, n in e.get("shards", {}).items()}
@@ -466,7 +469,8 @@ class MonitorState:
             active = self.running and self._index.get(self.running, {}) and self.state.current.startswith(self.running)
             rows.append({"population": pop, "agents": self.state.agents.get(pop, 0), "shards": count,
                          "shards_done": sum(1 for p in progress if p), "shard_agents": list(progress),
-                         "shard_steps": list(self.shard_steps.get(pop, [])), "in_step": bool(active)})
+                         "shard_steps": list(self.shard_steps.get(pop, [])), "in_step": bool(active),
+                         "restarts": [r for r in self.restarts if r["population"] == pop]})
         return rows
 
     def metric_series(self) -> dict:
@@ -627,7 +631,46 @@ def find_agent(state: MonitorState, agent: int, population: str = "", last: int 
         if answer["step"] not in prompts:
             step = state._find(answer["step"])
             prompts[answer["step"]] = prompt_text(step) if step else ""
-    return {"agent": agent, "persona": persona, "answers": answers, "prompts": prompts}
+    checkpointed = checkpointed_agent(state.run_dir, agent, population)
+    return {"agent": agent, "persona": persona, "answers": answers, "prompts": prompts,
+            "state": checkpointed["state"] if checkpointed else None,
+            "memory": checkpointed["memory"] if checkpointed else None,
+            "checkpoint": checkpointed["checkpoint"] if checkpointed else None}
+
+
+def checkpointed_agent(run_dir: str, agent: int, population: str = "") -> dict | None:
+    """An agent's state, latest answers and memory as of the newest complete checkpoint (the run
+    directory holds no other per-agent state): read from the one shard file that holds the agent."""
+    import pyarrow.ipc as ipc
+
+    from .shard import latest_checkpoint
+
+    directory = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if directory is None:
+        return None
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(".arrow") or (population and not name.startswith(population + "-")):
+            continue
+        try:
+            with pa.memory_map(os.path.join(directory, name)) as source:
+                table = ipc.open_file(source).read_all()
+        except (OSError, pa.ArrowInvalid):
+            continue
+        ids = table.column("agent")
+        if not len(ids) or not ids[0].as_py() <= agent <= ids[-1].as_py():
+            continue
+        row = {k: v[0] for k, v in table.slice(agent - ids[0].as_py(), 1).to_pydict().items()}
+        values = {k[2:]: _plain(v) for k, v in row.items() if k.startswith("v:")}
+        slots = len([k for k in row if k.startswith("m:")]) // 2
+        count = row.get("count", 0) or 0
+        memory = []
+        for j in range(max(0, count - slots), count):
+            slot = (j % slots) * 2
+            memory.append({"role": "user", "text": row[f"m:{slot}"]})
+            if row.get(f"m:{slot + 1}") is not None:
+                memory.append({"role": "assistant", "text": row[f"m:{slot + 1}"]})
+        return {"checkpoint": os.path.basename(directory), "state": values, "memory": memory}
+    return None
 
 
 def prompt_text(step: dict) -> str:

@@ -89,6 +89,11 @@ def test_agent_inspector_reads_one_agent(run_dir):
     round2 = pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=2.parquet").set_index("agent").loc[137]
     assert found["answers"][1]["value"] == round2["value"] and found["answers"][1]["reply"] == round2["reply"]
     assert "{{round}}" in found["prompts"]["step:ask.guess"]
+    # State, answers and memory as of the last checkpoint (taken just before round 3's ask)
+    assert found["state"]["guess"] == round2["value"]
+    round1 = pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=1.parquet").set_index("agent").loc[137]
+    assert [m["role"] for m in found["memory"]] == ["user", "assistant", "user", "assistant"]
+    assert found["memory"][0]["text"].startswith("Round 1.") and found["memory"][1]["text"] == round1["reply"]
     assert find_agent(monitor, 10_000)["persona"] is None
 
 
