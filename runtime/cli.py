@@ -220,9 +220,17 @@ def cmd_run(args) -> int:
         if args.checkpoint_every is not None and args.checkpoint_every < 0:
             print("error: --checkpoint-every must be 0 (off) or more", file=sys.stderr)
             return 2
-        summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address,
-                           run_dir=run_dir, quiet=args.quiet, cache=args.cache, replay=args.replay,
-                           checkpoint_every=args.checkpoint_every)
+        try:
+            summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address,
+                               run_dir=run_dir, quiet=args.quiet, cache=args.cache, replay=args.replay,
+                               checkpoint_every=args.checkpoint_every)
+        except OSError as e:
+            # A full disk, a read-only or missing directory: say which file, keep what was written.
+            where = f" ({e.filename})" if e.filename else ""
+            print(f"error: the run cannot write its files{where}: {e.strerror or e}. Everything written "
+                  "before stays; once there is room, `populace resume RUN_DIR` continues from the last checkpoint.",
+                  file=sys.stderr)
+            return 1
         from .progress import print_summary
 
         print_summary(summary)

@@ -270,3 +270,12 @@ def test_pause_resume_and_stop_through_the_control_file(tmp_path):
     records = [e["values"]["round"] for e in events if e["type"] == "record"]
     assert records == [1, 2, 3, 4]  # everything written so far is kept; nothing after the stop
     assert (run_dir / "summary.json").exists() and len(list((run_dir / "asks" / "ask.guess").iterdir())) == 4
+
+
+def test_an_unwritable_run_directory_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the run directory's parent should be")
+    code = main(["run", str(FLAGSHIP), "--set", "players=50", "--executor", "local", "--quiet",
+                 "--run-dir", str(blocker / "run")])
+    err = capsys.readouterr().err
+    assert code == 1 and "the run cannot write its files" in err and "Traceback" not in err
