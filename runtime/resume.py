@@ -12,9 +12,8 @@ import os
 
 from populace.compiler.plan import PlanError, read_plan
 
-from .driver import Driver, unsupported
+from .driver import unsupported
 from .executors import make_executor
-from .progress import Progress
 from .rundir import RunDir
 
 
@@ -76,15 +75,6 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
 
 
 def _finish(plan, ex, run_dir, state, quiet, listener) -> dict:
-    directory = RunDir(run_dir)
-    try:
-        with Progress(quiet=quiet) as progress:
-            def listen(event):
-                progress(event)
-                if listener:
-                    listener(event)
+    from .run import drive
 
-            return Driver(plan, ex, directory, listen).run(resume=state)
-    finally:
-        ex.close()
-        directory.close()
+    return drive(plan, ex, RunDir(run_dir), quiet, listener, resume=state)

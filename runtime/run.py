@@ -24,6 +24,12 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
                "environment": model_environment(plan),
                "checkpoints": os.path.abspath(directory.file("checkpoints")), "restartable": every == 1}
     ex = make_executor(executor, plan, shards, address, options)
+    return drive(plan, ex, directory, quiet, listener, checkpoint_every=checkpoint_every)
+
+
+def drive(plan, ex, directory: RunDir, quiet: bool, listener=None, resume: dict | None = None,
+          checkpoint_every: int | None = None) -> dict:
+    """Run (or, with `resume`, continue) the driver with progress; close the executor and files."""
     try:
         with Progress(quiet=quiet) as progress:
             def listen(event):
@@ -31,7 +37,7 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
                 if listener:
                     listener(event)
 
-            return Driver(plan, ex, directory, listen, checkpoint_every=checkpoint_every).run()
+            return Driver(plan, ex, directory, listen, checkpoint_every=checkpoint_every).run(resume=resume)
     finally:
         ex.close()
         directory.close()
