@@ -277,6 +277,8 @@ class LLMModel:
                     values[i] = value if not isinstance(value, bool) else float(value)
 
         await asyncio.gather(*(worker() for _ in range(min(self.in_flight, n) or 1)))
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.flush)  # the step's replies are on disk before it ends
         answers = Answers(values=values, replies=texts, errors=errors, tokens_in=log.tokens_in,
                           tokens_out=log.tokens_out, calls=log.calls)
         answers.log = log
