@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import os
 import time
+
+import numpy as np
 from typing import Callable
 
 from populace.compiler.plan import Plan, canonical_bytes
 from populace.compiler.plan.evaluate import EvalError, evaluate
 
+from . import environments, groups
 from .models import OFFLINE_PROVIDERS, ModelError
 from .rundir import RunDir, iteration_file
 from .shard import combine
 from .vector import agg_key
 
-UNSUPPORTED_KINDS = ("chatroom", "network", "grid")
 SHARD_OPS = ("ask", "set_state", "tell", "broadcast")  # steps that change agents: checkpoints come before them
 
 
@@ -62,11 +64,7 @@ def unsupported(plan: Plan, replay: bool = False) -> list[str]:
         if model.provider not in OFFLINE_PROVIDERS and not replay and key_env and not os.environ.get(key_env):
             problems.append(f"model `{name}` ({model.provider}) needs its API key in the environment variable "
                             f"{key_env}, which is not set")
-    for env in plan.environments.values():
-        if env.kind in UNSUPPORTED_KINDS:
-            problems.append(f"environment `{env.name}` is a {env.kind}, which this runtime cannot run yet")
-    if plan.groups:
-        problems.append("groups are compiled but this runtime cannot run them yet")
+    problems.extend(environments.check_plan(plan))
     return problems
 
 
@@ -79,7 +77,8 @@ class Driver:
         self.listener = listener
         self.should_stop = should_stop or (lambda: False)
         self.started = time.monotonic()
-        self.env = {name: {f: v["init"] for f, v in e.fields.items()} for name, e in plan.environments.items()}
+        self.env = {name: {**environments.initial_values(plan, e), **{f: v["init"] for f, v in e.fields.items()}}
+                    for name, e in plan.environments.items()}
         self.totals = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "errors": 0, "agents": 0, "steps": 0}
         self.by_model: dict = {}
         self.latencies: dict = {}
@@ -373,7 +372,23 @@ class Driver:
     def op_tell(self, step, variables, label, depth=0):
         target = step["target"]
         exprs = [step["message"], step.get("where"), target.get("index")]
-        self._shard_step(step, variables, label, "tell", exprs, population=target["population"])
+        context = None
+        if target["kind"] in ("group", "neighbors"):
+            # The senders' messages are gathered first; each receiver's shard then picks its
+            # group mates' or neighbours' lines (they may live on any shard).
+            context = self.context(variables, step, label, exprs)
+            parts = self.executor.call(step["sender"], "outgoing", step, context)
+            if target["kind"] == "group":
+                sent = {"ids": _concat([p["ids"] for p in parts]), "keys": _concat([p["keys"] for p in parts]),
+                        "texts": [t for p in parts for t in p["texts"]]}
+            else:
+                texts = [None] * self.plan.populations[step["sender"]].size
+                for p in parts:
+                    for i, t in zip(p["ids"].tolist(), p["texts"]):
+                        texts[i] = t
+                sent = {"texts": texts}
+            context = dict(context, aggregates=dict(context["aggregates"], _tell=sent))
+        self._shard_step(step, variables, label, "tell", exprs, population=target["population"], context=context)
 
     def op_broadcast(self, step, variables, label, depth=0):
         message = self.value(step["message"], variables, step)
@@ -387,15 +402,37 @@ class Driver:
                    "agents": total, "seconds": round(time.monotonic() - began, 4)})
 
     def op_call(self, step, variables, label, depth=0):
-        raise RunFailed(f"`{step['env']}.{step['method']}` needs environment support this runtime lacks", step)
+        """Environment methods: a chat room's posts and a grid's moves, gathered in agent id order."""
+        env = self.plan.environments[step["env"]]
+        pop = step["population"]
+        self.emit({"type": "step_started", "step": step["id"], "iteration": label, "op": "call", "population": pop})
+        began = time.monotonic()
+        context = self.context(variables, step, label, step["args"])
+        values = self.env[env.name]
+        if env.kind == "chatroom" and step["method"] == "post":
+            keep = int(env.params.get("keep", 50))
+            new = [t for part in self.executor.call(pop, "texts", step["args"][0], context, keep) for t in part]
+            values["posts"] = (list(values.get("posts", [])) + new)[-keep:] if keep else []
+            agents = len(new)
+        elif env.kind == "grid" and step["method"] == "move":
+            moves = [m for part in self.executor.call(pop, "column", step["args"][0], context) for m in part.tolist()]
+            cells = environments.move(env, np.asarray(values["_positions"], dtype=np.int64), moves)
+            values["_positions"] = cells.tolist()
+            values["_moves"] = values.get("_moves", 0) + 1
+            agents = len(moves)
+        else:
+            raise RunFailed(f"`{step['env']}.{step['method']}` is not a statement", step)
+        self.totals["steps"] += 1
+        self.emit({"type": "step_finished", "step": step["id"], "iteration": label, "op": "call", "population": pop,
+                   "agents": agents, "seconds": round(time.monotonic() - began, 4)})
 
     # ---------------------------------------------------------------- shards and aggregates
-    def _shard_step(self, step, variables, label, method, exprs, population=None):
+    def _shard_step(self, step, variables, label, method, exprs, population=None, context=None):
         pop = population or step["population"]
         self.emit({"type": "step_started", "step": step["id"], "iteration": label, "op": step["op"],
                    "population": pop, "agents": self.plan.populations[pop].size})
         began = time.monotonic()
-        context = self.context(variables, step, label, exprs)
+        context = context or self.context(variables, step, label, exprs)
         done = {"agents": 0}
         size = self.plan.populations[pop].size
 
@@ -457,8 +494,29 @@ class Driver:
         for expr in exprs:
             if expr is not None:
                 aggregates.update(self.aggregates(expr, variables))
-        return {"variables": variables, "env": self.env, "aggregates": aggregates, "seed": self.plan.seed,
-                "where": step["id"] + label}
+        context = {"variables": variables, "env": self.env, "aggregates": aggregates, "seed": self.plan.seed,
+                   "where": step["id"] + label}
+        specs = [spec for expr in exprs if expr is not None for spec in environments.via_specs(expr)]
+        if specs:
+            aggregates.update(self.via_values(specs, dict(context, aggregates=dict(aggregates))))
+        return context
+
+    def via_values(self, specs, context) -> dict:
+        """Group aggregates (map-reduce over shard partials, one value per group) and the columns
+        that neighbour aggregates reduce over (one value per agent of the network's population)."""
+        values = {}
+        by_group: dict[str, list] = {}
+        for spec in specs:
+            if "group" in spec["via"]:
+                by_group.setdefault(self.plan.groups[spec["via"]["group"]]["population"], []).append(spec)
+            else:
+                pop = self.plan.environments[spec["via"]["neighbors"]].population
+                values[agg_key(spec)] = _concat(self.executor.call(pop, "column", spec["arg"], context))
+        for pop, group_specs in by_group.items():
+            per_shard = self.executor.call(pop, "group_partials", group_specs, context)
+            for i, spec in enumerate(group_specs):
+                values[agg_key(spec)] = groups.combine(spec, [parts[i] for parts in per_shard])
+        return values
 
     def aggregates(self, expr, variables) -> dict:
         """Compute every population aggregate inside `expr` with one partials call per population."""
@@ -492,6 +550,14 @@ class Driver:
             return evaluate(expr, resolve)
         except EvalError as e:
             raise RunFailed(e.message, step) from None
+
+
+def _concat(parts: list) -> np.ndarray:
+    if any(p.dtype == object for p in parts):
+        out = np.empty(sum(len(p) for p in parts), dtype=object)
+        out[:] = [v for p in parts for v in p.tolist()]
+        return out
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _walk(expr):

@@ -90,9 +90,14 @@ class RayExecutor:
             raise
 
     def call(self, population: str, method: str, *args, on_done=None) -> list:
+        actors = self.actors[population]
+        if len(actors) > 1 and args:
+            # Put each argument in the object store once: a step's context can carry a gathered
+            # column (8 MB for a million floats) that every shard reads.
+            args = tuple(self.ray.put(a) for a in args)
         if method in MUTATING:
             self.journal[population].append((method, args))
-        refs = [getattr(a, method).remote(*args) for a in self.actors[population]]
+        refs = [getattr(a, method).remote(*args) for a in actors]
         index = {ref: i for i, ref in enumerate(refs)}
         results: list = [None] * len(refs)
         pending = list(refs)

@@ -35,3 +35,21 @@ def level_k(batch) -> np.ndarray:
 
 
 level_k.populace_batch = True
+
+
+def conditional_cooperation(batch) -> np.ndarray:
+    """Public goods: conditional cooperators with a self-serving bias (Fischbacher & Gachter, 2010).
+
+    Round one: contribute trust * 20 tokens. Afterwards: a share of what the agent's group mates
+    put in last round on average (state `others_mean`), from 70% (no trust) to 95% (full trust),
+    rounded. Everyone gives a little less than the others did, so contributions decline.
+    """
+    n = len(batch.ids)
+    trust = np.asarray(batch.persona.get("trust", np.full(n, 0.5)), dtype=float)
+    if int(batch.variables.get("round", 1)) <= 1:
+        return np.clip(np.round(20.0 * trust), 0, 20)
+    others = np.asarray(batch.state["others_mean"], dtype=float)
+    return np.clip(np.round((0.7 + 0.25 * trust) * others), 0, 20)
+
+
+conditional_cooperation.populace_batch = True

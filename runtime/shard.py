@@ -16,7 +16,7 @@ import pyarrow as pa
 from populace.compiler.plan import plan_from_dict
 from populace.compiler.plan.evaluate import EvalError, format_value
 
-from . import personas, rng
+from . import environments, groups, network, personas, rng
 from .models import AskBatch, ModelError, empty_values, make_model
 from .vector import Context, Frame, evaluate, is_vector, render_column
 
@@ -60,6 +60,7 @@ class Shard:
         self.mem_chars = np.zeros((2 * k, n), dtype=np.int32)
         self.mem_count = np.zeros(n, dtype=np.int64)
         self._interned: dict = {}
+        self._derived: dict = {}  # group keys and adjacency rows: rebuilt from the seed, never saved
         self.restarted_from = None
         if self.options.get("checkpoints") and _reconstructed():
             # Ray brought this shard back after its process died: reload the latest checkpoint,
@@ -115,7 +116,74 @@ class Shard:
 
     # ---------------------------------------------------------------- steps
     def frame(self) -> Frame:
-        return Frame(columns=self.columns, ids=self.ids, types=self.types)
+        return Frame(columns=self.columns, ids=self.ids, types=self.types, world=self)
+
+    # ---------------------------------------------------------------- groups and neighbours
+    def group_keys(self, name: str) -> np.ndarray:
+        """This shard's agents' group keys in group set `name` (derived from the seed: never saved)."""
+        cached = self._derived.get(("group", name))
+        if cached is None:
+            group = self.plan.groups[name]
+            size = self.plan.populations[self.population].size
+            cached = self._derived[("group", name)] = groups.group_keys(group, size, self.seed, self.ids, self.columns)
+        return cached
+
+    def adjacency(self, env_name: str, ctx) -> tuple:
+        """CSR rows of this shard's agents in a network (built once) or a grid (after every move)."""
+        env = self.plan.environments[env_name]
+        values = ctx.env.get(env_name, {})
+        version = values.get("_moves", 0) if env.kind == "grid" else 0
+        key = ("adjacency", env_name, version)
+        cached = self._derived.get(key)
+        if cached is None:
+            for old in [k for k in self._derived if k[:2] == ("adjacency", env_name)]:
+                del self._derived[old]
+            if env.kind == "grid":
+                cells = np.asarray(values["_positions"], dtype=np.int64)
+                cached = environments.grid_adjacency(env, cells, self.start, self.stop)
+            else:
+                size = self.plan.populations[self.population].size
+                graph = network.build(env_name, env.params, size, self.seed, values.get("_edges"))
+                cached = network.rows(graph, self.start, self.stop)
+                del graph
+            self._derived[key] = cached
+        return cached
+
+    def group_partials(self, specs: list[dict], context: dict) -> list:
+        """Per-group partials of group aggregates: [(group keys, partial arrays)] per spec."""
+        ctx = Context(**context)
+        frame = self.frame()
+        out = []
+        for spec in specs:
+            values = evaluate(environments.strip_via(spec["arg"]), frame, ctx)
+            out.append(groups.partials(spec, values, self.group_keys(spec["via"]["group"])))
+        return out
+
+    def column(self, expr: dict, context: dict) -> np.ndarray:
+        """One value per agent of this shard (the driver gathers a population's column)."""
+        ctx = Context(**context)
+        values = evaluate(environments.strip_via(expr), self.frame(), ctx)
+        if is_vector(values):
+            return values
+        return np.full(len(self.ids), values, dtype=object if isinstance(values, str) or values is None else None)
+
+    def texts(self, expr: dict, context: dict, keep: int) -> list:
+        """The last `keep` present texts of `expr` in agent id order (posts for a chat room)."""
+        values = self.column(expr, context)
+        present = [v for v in environments.text_column(values, len(self.ids)) if v is not None]
+        return present[-keep:] if keep else []
+
+    def outgoing(self, step: dict, context: dict) -> dict:
+        """Senders' messages for a tell to groups or neighbours: ids, group keys and texts."""
+        ctx = Context(**context)
+        frame = self.frame()
+        sel = np.flatnonzero(self._mask(step.get("where"), frame, ctx))
+        message = evaluate(step["message"], frame, ctx)
+        texts = [message[i] for i in sel.tolist()] if is_vector(message) else [message] * len(sel)
+        out = {"ids": self.ids[sel], "texts": texts}
+        if step["target"]["kind"] == "group":
+            out["keys"] = self.group_keys(step["target"]["group"])[sel]
+        return out
 
     def _mask(self, where, frame, ctx) -> np.ndarray:
         if where is None:
@@ -275,6 +343,17 @@ class Shard:
             message = evaluate(step["message"], frame, ctx)
             self._remember(np.array([local]), message if isinstance(message, str) else message[local], None)
             return 1
+        if target["kind"] in ("group", "neighbors"):
+            sent = ctx.aggregates["_tell"]
+            if target["kind"] == "group":
+                texts = groups.mates(np.asarray(sent["keys"]), np.asarray(sent["ids"]), sent["texts"],
+                                     self.group_keys(target["group"]), self.ids)
+            else:
+                offsets, neighbours = self.adjacency(target["env"], ctx)
+                texts = network.messages(sent["texts"], offsets, neighbours)
+            sel = np.array([i for i, t in enumerate(texts) if t is not None], dtype=np.int64)
+            self._remember(sel, [texts[i] for i in sel.tolist()], None)
+            return int(len(sel))
         if target["kind"] != "population":
             raise EvalError(f"telling {target['kind']} is not supported by this runtime yet")
         mask = self._mask(step.get("where"), frame, ctx)

@@ -25,6 +25,7 @@ class Frame:
     columns: dict
     ids: np.ndarray
     types: dict  # field -> plan type json
+    world: object = None  # the shard: group keys and adjacency rows of its agents (environments.py)
 
     @property
     def size(self) -> int:
@@ -79,12 +80,18 @@ def evaluate(expr: dict, frame: Frame, ctx: Context):
         return ctx.env[expr["env"]][expr["field"]]
     if "col" in expr:
         if "via" in expr:
-            raise EvalError("group and neighbour values are not supported by this runtime yet")
+            raise EvalError("a group's or neighbours' field needs an aggregate, e.g. sum(tables.x)")
         return frame.columns[expr["col"]]
     if "agg" in expr:
         if "via" in expr:
-            raise EvalError("group and neighbour aggregates are not supported by this runtime yet")
+            from .environments import via_aggregate
+
+            return via_aggregate(expr, frame, ctx)
         return ctx.aggregates[agg_key(expr)]
+    if "method" in expr:
+        from .environments import method_value
+
+        return method_value(expr, frame, ctx, [evaluate(a, frame, ctx) for a in expr["args"]])
     if "op" in expr:
         return _op(expr, frame, ctx)
     if "if" in expr:

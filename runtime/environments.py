@@ -1,0 +1,187 @@
+"""Environments and interactions at run time: groups, networks, chat rooms and grids.
+
+In: plan expressions that reach past one agent (`via: {"group": g}` / `via: {"neighbors": net}`
+aggregates, environment methods) and the plan's environments. Out, in the driver: what a step's
+shards need (per-group values combined from shard partials; a population's column gathered for
+neighbour aggregates), chat room logs and grid moves; in a shard: each agent's value.
+Who does what:
+- groups are map-reduce: shards return per-group partials, the driver combines them and sends
+  one value per group back; a shard picks its agents' own groups' values.
+- neighbours can live on other shards: the driver gathers the aggregated column (one value per
+  agent of the population) and sends it with the step; each shard holds only its own agents'
+  adjacency rows (network.py) and reduces over them.
+- chat room posts and grid positions live in the driver's environment values, so every shard
+  sees the same log and the same map within a step.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from populace.compiler.plan.evaluate import EvalError
+
+from . import groups, network
+from .vector import agg_key, is_vector
+
+MOVES = {"north": (0, -1), "n": (0, -1), "south": (0, 1), "s": (0, 1), "east": (1, 0), "e": (1, 0),
+         "west": (-1, 0), "w": (-1, 0), "stay": (0, 0), "none": (0, 0)}
+
+
+# ------------------------------------------------------------------ plan walking
+def walk(expr):
+    if isinstance(expr, dict):
+        yield expr
+        for v in expr.values():
+            yield from walk(v)
+    elif isinstance(expr, list):
+        for v in expr:
+            yield from walk(v)
+
+
+def strip_via(expr):
+    """An aggregate's argument as each member computes it for itself (the `via` removed)."""
+    if isinstance(expr, dict):
+        return {k: strip_via(v) for k, v in expr.items() if not (k == "via" and "col" in expr)}
+    if isinstance(expr, list):
+        return [strip_via(v) for v in expr]
+    return expr
+
+
+def via_specs(expr) -> list[dict]:
+    """Every group or neighbour aggregate inside `expr`, innermost first, without repeats."""
+    found = {}
+    for node in walk(expr):
+        if "agg" in node and "via" in node:
+            found[agg_key(node)] = node
+    return [found[k] for k in sorted(found)]
+
+
+def check_plan(plan) -> list[str]:
+    """What this runtime refuses before a run starts (misuse the compiler lets through)."""
+    problems = []
+    for step in plan.steps():
+        pop = step.get("population") if step["op"] in ("ask", "set_state") else step.get("sender")
+        for node in walk(step):
+            via = node.get("via") if isinstance(node, dict) and "agg" in node else None
+            if not via:
+                continue
+            owner = plan.groups[via["group"]]["population"] if "group" in via else plan.environments[via["neighbors"]].population
+            if pop and pop != owner:
+                problems.append(f"{step['id']}: `{pop}` agents have no {'group in ' + via['group'] if 'group' in via else 'neighbours in ' + via['neighbors']}, "
+                                f"which is over `{owner}`")
+        if step["op"] == "tell" and step["target"]["kind"] in ("group", "neighbors"):
+            if step["sender"] != step["target"]["population"]:
+                problems.append(f"{step['id']}: the senders (`{step['sender']}`) must be the agents of "
+                                f"`{step['target'].get('group') or step['target'].get('env')}` (`{step['target']['population']}`)")
+        if step["op"] == "call":
+            kind = plan.environments[step["env"]].kind
+            if (kind, step["method"]) not in (("chatroom", "post"), ("grid", "move")):
+                problems.append(f"{step['id']}: `{step['env']}.{step['method']}` is not a statement")
+    for env in plan.environments.values():
+        if env.kind == "network" and env.params.get("generator", {}).get("name") == "complete" \
+                and plan.populations[env.population].size > network.MAX_COMPLETE:
+            problems.append(f"environment `{env.name}`: complete() over more than {network.MAX_COMPLETE:,} agents")
+    return problems
+
+
+def initial_values(plan, env) -> dict:
+    """Values the driver keeps for a built-in kind besides its declared fields."""
+    if env.kind == "chatroom":
+        return {"posts": []}
+    if env.kind == "network" and env.params.get("edges"):
+        span_file = plan.raw["environments"][env.name]["span"]["file"]
+        path = os.path.join(os.path.dirname(span_file), env.params["edges"])
+        return {"_edges": os.path.abspath(path)}
+    if env.kind == "grid":
+        return {"_positions": grid_positions(plan, env)}
+    return {}
+
+
+# ------------------------------------------------------------------ grids
+def grid_positions(plan, env) -> list:
+    """Start cells: agent i at a cell drawn from the seed; several agents may share a cell."""
+    from . import rng
+
+    n = plan.populations[env.population].size
+    ids = np.arange(n, dtype=np.int64)
+    x = (rng.uniforms(ids, rng.key(plan.seed, "grid", env.name, "x")) * env.params["width"]).astype(np.int64)
+    y = (rng.uniforms(ids, rng.key(plan.seed, "grid", env.name, "y")) * env.params["height"]).astype(np.int64)
+    return (y * env.params["width"] + x).tolist()
+
+
+def move(env, cells: np.ndarray, moves: list) -> np.ndarray:
+    """Apply one move per agent ("north", "south", "east", "west", "stay"; missing: stay)."""
+    width, height, torus = env.params["width"], env.params["height"], env.params.get("torus", True)
+    dx = np.array([MOVES.get(str(m).lower(), (0, 0))[0] if m is not None else 0 for m in moves], dtype=np.int64)
+    dy = np.array([MOVES.get(str(m).lower(), (0, 0))[1] if m is not None else 0 for m in moves], dtype=np.int64)
+    x, y = cells % width + dx, cells // width + dy
+    if torus:
+        x, y = x % width, y % height
+    else:
+        x, y = np.clip(x, 0, width - 1), np.clip(y, 0, height - 1)
+    return y * width + x
+
+
+def grid_adjacency(env, cells: np.ndarray, start: int, stop: int):
+    """CSR rows of agents [start, stop): the agents in their Moore / von Neumann neighbourhood."""
+    width, height, torus = env.params["width"], env.params["height"], env.params.get("torus", True)
+    radius = int(env.params.get("radius", 1))
+    moore = env.params.get("neighborhood", "moore") != "von_neumann"
+    order = np.argsort(cells, kind="stable")
+    sorted_cells = cells[order]
+    offs = [(dx, dy) for dx in range(-radius, radius + 1) for dy in range(-radius, radius + 1)
+            if (moore or abs(dx) + abs(dy) <= radius)]
+    mine = cells[start:stop]
+    x0, y0 = mine % width, mine // width
+    parts_row, parts_nb = [], []
+    for dx, dy in offs:
+        x, y = x0 + dx, y0 + dy
+        if torus:
+            x, y = x % width, y % height
+            ok = np.ones(len(mine), dtype=bool)
+        else:
+            ok = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+        target = y * width + x
+        lo = np.searchsorted(sorted_cells, target, "left")
+        hi = np.searchsorted(sorted_cells, target, "right")
+        count = np.where(ok, hi - lo, 0)
+        rows = np.repeat(np.arange(len(mine)), count)
+        idx = np.concatenate([np.arange(a, b) for a, b, c in zip(lo.tolist(), hi.tolist(), count.tolist()) if c]) \
+            if count.sum() else np.zeros(0, dtype=np.int64)
+        parts_row.append(rows)
+        parts_nb.append(order[idx])
+    rows = np.concatenate(parts_row)
+    nbs = np.concatenate(parts_nb).astype(np.int64)
+    agent = rows + start
+    keep = nbs != agent
+    return network.csr(rows[keep], nbs[keep], stop - start, len(cells))
+
+
+# ------------------------------------------------------------------ in a shard
+def via_aggregate(expr: dict, frame, ctx):
+    """Each agent's value of a group or neighbour aggregate (the driver sent what is needed)."""
+    via = expr["via"]
+    sent = ctx.aggregates[agg_key(expr)]
+    if "group" in via:
+        return groups.lookup(sent, frame.world.group_keys(via["group"]))
+    offsets, neighbours = frame.world.adjacency(via["neighbors"], ctx)
+    return network.aggregate(expr["agg"], np.asarray(sent), offsets, neighbours, expr["params"])
+
+
+def method_value(expr: dict, frame, ctx, args: list):
+    env, method = expr["env"], expr["method"]
+    if method == "recent":
+        posts = ctx.env[env].get("posts", [])
+        n = int(args[0])
+        return list(posts[-n:]) if n > 0 else []
+    if method == "degree":
+        offsets, _ = frame.world.adjacency(env, ctx)
+        return np.diff(offsets).astype(np.int64)
+    raise EvalError(f"`{env}.{method}(...)` is a statement, not a value")
+
+
+def text_column(values, n: int) -> list:
+    if is_vector(values) or isinstance(values, list):
+        return [None if v is None or (isinstance(v, float) and v != v) else str(v) for v in list(values)]
+    return [values] * n

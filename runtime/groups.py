@@ -1,0 +1,109 @@
+"""Group sets: which group each agent is in, per-group partial aggregates, and their combination.
+
+In: a plan group (`{"population", "size"}` or `{"population", "by_field"}`), the seed, a shard's
+agent ids and persona columns. Out: per agent a group key (an int for random groups, the field's
+value for groups by a persona field); per shard and aggregate the partials of every group it
+touches; in the driver, one value per group. Membership depends only on the seed and the agent
+ids, never on the shard layout: random groups come from one seeded permutation of the whole
+population (agent perm[j] is in group j // size).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from populace.compiler.plan.evaluate import EvalError
+
+from . import rng
+
+PER_GROUP = ("mean", "sum", "count", "share", "min", "max", "std")
+
+
+def group_keys(group: dict, size: int, seed: int, ids: np.ndarray, columns: dict) -> np.ndarray:
+    """The group key of each of `ids` (agents of a population of `size`)."""
+    if "by_field" in group:
+        return np.asarray(columns[group["by_field"]])
+    perm = np.random.Generator(np.random.Philox(key=[rng.key(seed, "group", group["name"]), 0])).permutation(size)
+    member_of = np.empty(size, dtype=np.int64)
+    member_of[perm] = np.arange(size, dtype=np.int64) // int(group["size"])
+    return member_of[ids]
+
+
+def partials(spec: dict, values, keys: np.ndarray):
+    """One shard's per-group partials for an aggregate: (group keys, arrays of partial values)."""
+    fn = spec["agg"]
+    if fn not in PER_GROUP:
+        raise EvalError(f"`{fn}` per group is not supported; use mean, sum, count, share, min, max or std")
+    n = len(keys)
+    arr = np.asarray(values) if isinstance(values, np.ndarray) else np.full(n, values)
+    if arr.dtype == object:
+        present = np.array([v is not None for v in arr.tolist()], dtype=bool)
+        if fn != "count":
+            arr = np.array([float(v) if v is not None else np.nan for v in arr.tolist()], dtype=np.float64)
+    else:
+        arr = arr.astype(np.float64)
+        present = ~np.isnan(arr)
+    unique, inverse = np.unique(keys, return_inverse=True)
+    count = np.bincount(inverse, weights=present, minlength=len(unique))
+    if fn == "count":
+        return unique, (count,)
+    x = np.where(present, arr, 0.0) if arr.dtype != object else arr
+    if fn == "share":
+        return unique, (np.bincount(inverse, weights=(x != 0) & present, minlength=len(unique)), count)
+    if fn in ("mean", "sum"):
+        return unique, (np.bincount(inverse, weights=x, minlength=len(unique)), count)
+    if fn == "std":
+        return unique, (count, np.bincount(inverse, weights=x, minlength=len(unique)),
+                        np.bincount(inverse, weights=x * x, minlength=len(unique)))
+    fill = np.inf if fn == "min" else -np.inf
+    out = np.full(len(unique), fill)
+    (np.minimum if fn == "min" else np.maximum).at(out, inverse[present], arr[present])
+    return unique, (out,)
+
+
+def combine(spec: dict, parts: list) -> dict:
+    """Every shard's partials -> {"keys": sorted group keys, "values": one value per group}."""
+    fn, params = spec["agg"], spec["params"]
+    keys = np.concatenate([p[0] for p in parts])
+    unique, inverse = np.unique(keys, return_inverse=True)
+    m = len(unique)
+
+    def total(i):
+        return np.bincount(inverse, weights=np.concatenate([p[1][i] for p in parts]), minlength=m)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if fn == "count":
+            values = total(0).astype(np.int64)
+        elif fn == "sum":
+            values = total(0)
+            if params.get("int"):
+                values = values.astype(np.int64)
+        elif fn in ("mean", "share"):
+            values = total(0) / total(1)
+        elif fn == "std":
+            n, s, ss = total(0), total(1), total(2)
+            values = np.sqrt(np.maximum(ss / n - (s / n) ** 2, 0.0))
+        else:
+            values = np.full(m, np.inf if fn == "min" else -np.inf)
+            (np.minimum if fn == "min" else np.maximum).at(values, inverse, np.concatenate([p[1][0] for p in parts]))
+            values[np.isinf(values)] = np.nan
+    return {"keys": unique, "values": values}
+
+
+def lookup(combined: dict, keys: np.ndarray) -> np.ndarray:
+    """The value of each agent's own group."""
+    index = np.searchsorted(combined["keys"], keys)
+    return np.asarray(combined["values"])[index]
+
+
+def mates(sender_keys: np.ndarray, sender_ids: np.ndarray, texts: list, keys: np.ndarray, ids: np.ndarray) -> list:
+    """For each receiver (keys, ids): its group mates' messages (not its own), one per line in id order."""
+    order = np.lexsort((sender_ids, sender_keys))
+    sk, si = sender_keys[order], sender_ids[order]
+    st = [texts[i] for i in order.tolist()]
+    lo = np.searchsorted(sk, keys, side="left")
+    hi = np.searchsorted(sk, keys, side="right")
+    out = []
+    for a, b, me in zip(lo.tolist(), hi.tolist(), ids.tolist()):
+        lines = [st[j] for j in range(a, b) if si[j] != me]
+        out.append("\n".join(lines) if lines else None)
+    return out
