@@ -83,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="response cache (default: cache.sqlite in the run directory)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
 
+    p = sub.add_parser("sweep", help="run a scenario over a grid of params and replicates; one table of all records")
+    p.add_argument("file")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="a param and the values to try (repeatable: every combination runs)")
+    p.add_argument("--replicates", type=int, default=1, metavar="N",
+                   help="runs per combination, each with its own seed derived from the scenario's (default 1)")
+    p.add_argument("--executor", choices=("ray", "local"), default="ray",
+                   help="ray (default: runs one after another on one shared Ray) or local (runs in parallel processes)")
+    p.add_argument("--parallel", type=int, metavar="N", help="local executor: runs at once (default: one per CPU)")
+    p.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
+    p.add_argument("--shards", type=int, help="shards per population in each run")
+    p.add_argument("--sweep-dir", help="write the sweep here (default: runs/<scenario>-sweep-<time>)")
+    _add_set(p)
+
     return parser
 
 
@@ -375,6 +389,79 @@ def cmd_resume(args) -> int:
 
 
 COMMANDS["resume"] = cmd_resume
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import SweepError, parse_grid, run_sweep
+
+    if args.shards is not None and args.shards < 1:
+        print("error: --shards must be at least 1", file=sys.stderr)
+        return 2
+    if args.parallel is not None and args.parallel < 1:
+        print("error: --parallel must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        grid = parse_grid(args.grid)
+        progress = _SweepProgress()
+        with progress:
+            outcome = run_sweep(args.file, grid, replicates=args.replicates, executor=args.executor,
+                                sweep_dir=args.sweep_dir, overrides=args.overrides, shards=args.shards,
+                                address=args.address, parallel=args.parallel, on_start=progress.start,
+                                on_run=progress.finished)
+    except SweepError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
+    failed = [r for r in outcome["runs"] if r.status != "finished"]
+    table = outcome["table"]
+    print(f"{len(outcome['runs']) - len(failed)} of {len(outcome['runs'])} runs finished; "
+          f"table of {table['rows']} rows: {table['csv']}, {table['parquet']}")
+    for r in failed:
+        print(f"  failed: {r.run.run_dir}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+class _SweepProgress:
+    """Runs done out of all: a bar on a terminal, one line per finished run otherwise."""
+
+    def __init__(self):
+        self.bar = None
+        self.total = self.done = self.failed = 0
+
+    def __enter__(self):
+        if sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("runs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                                TimeElapsedColumn())
+            self.bar.__enter__()
+            self.task = self.bar.add_task("", total=None)
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def start(self, runs) -> None:
+        self.total = len(runs)
+        if self.bar is not None:
+            self.bar.update(self.task, total=self.total)
+        else:
+            print(f"sweep: {self.total} runs", flush=True)
+
+    def finished(self, result) -> None:
+        self.done += 1
+        self.failed += result.status != "finished"
+        params = " ".join(f"{k}={v}" for k, v in result.run.params.items())
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, description=f"{self.failed} failed")
+            if result.status != "finished":
+                self.bar.console.print(f"failed: {params} r{result.run.replicate}: {result.error}")
+        else:
+            print(f"[{self.done}/{self.total}] {result.status} {params} replicate {result.run.replicate} "
+                  f"seed {result.run.seed} in {result.seconds:.1f}s -> {result.run.run_dir}", flush=True)
+
+
+COMMANDS["sweep"] = cmd_sweep
 
 if __name__ == "__main__":
     sys.exit(main())
