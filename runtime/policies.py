@@ -53,3 +53,19 @@ def conditional_cooperation(batch) -> np.ndarray:
 
 
 conditional_cooperation.populace_batch = True
+
+
+def rumor(batch) -> np.ndarray:
+    """Rumour spreading: believe with a probability rising with the share of believing neighbours.
+
+    p = share * (0.2 + 0.8 * gullible): an agent whose friends all believe is convinced with
+    probability 0.2 to 1.0 depending on its persona; one whose friends all doubt never is. The
+    share comes from the agent's state `friends_believing` (share(neighbors(net).believes)).
+    """
+    n = len(batch.ids)
+    share = np.nan_to_num(np.asarray(batch.state["friends_believing"], dtype=float))
+    gullible = np.asarray(batch.persona.get("gullible", np.full(n, 0.5)), dtype=float)
+    return batch.uniforms("rumor") < share * (0.2 + 0.8 * gullible)
+
+
+rumor.populace_batch = True

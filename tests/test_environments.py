@@ -12,7 +12,7 @@ import pytest
 
 from populace.compiler import compile_file
 from populace.compiler.plan import plan_from_dict
-from populace.runtime import groups
+from populace.runtime import groups, network
 from populace.runtime.run import run_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,18 @@ def group_policy(agent):
         role, text = agent["memory"][-1]
         return 0 if role == "assistant" else sum(int(x) for x in text.split())
     return agent["state"]["table_total"] * 100 + agent["state"]["team_size"]
+
+
+def network_policy(agent):
+    """degree N: N; heard: the sum of the numbers in the last message; state NAME: that state value."""
+    prompt = agent["prompt"]
+    if prompt.startswith("degree"):
+        return int(prompt.split()[1])
+    if prompt == "heard":
+        role, text = agent["memory"][-1]
+        return 0 if role == "assistant" else sum(int(x) for x in text.split())
+    value = agent["state"][prompt.split()[1]]
+    return None if value != value else float(value)
 
 
 def run(path, tmp_path, name, executor="local", shards=None, overrides=()):
@@ -136,3 +148,100 @@ def test_public_goods_contributions_follow_conditional_cooperation(public_goods_
 @pytest.mark.slow
 def test_public_goods_agrees_across_executors_and_shards(public_goods_runs):
     assert_same_runs(public_goods_runs)
+
+
+# ------------------------------------------------------------------ networks
+@pytest.fixture(scope="module")
+def network_runs(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("network")
+    return {"local-1": run(FIXTURES / "network.pop", tmp, "local-1", "local", 1),
+            "local-3": run(FIXTURES / "network.pop", tmp, "local-3", "local", 3),
+            "ray-2": run(FIXTURES / "network.pop", tmp, "ray-2", "ray", 2)}
+
+
+def test_network_aggregates_degree_and_messages(network_runs):
+    summary, metrics, run_dir, plan = network_runs["local-1"]
+    assert summary["status"] == "finished" and summary["errors"] == 0, summary
+    v = pd.read_parquet(run_dir / "personas.parquet")["v"].to_numpy()
+    value = {name.removeprefix("out_"): pd.read_parquet(run_dir / f"asks/ask.{name}/once.parquet")["value"].to_numpy()
+             for name in ("degree", "heard", "out_ring_sum", "out_world_mean", "out_follows_max")}
+    n = 40
+    for i in range(n):  # ring(k = 4): two neighbours on each side
+        ring = [(i + d) % n for d in (-2, -1, 1, 2)]
+        assert value["ring_sum"][i] == v[ring].sum()
+        assert value["heard"][i] == sum(v[j] for j in sorted(ring) if v[j] > 4)
+    offsets, neighbours = network.build("world", plan.environments["world"].params, n, plan.seed)
+    degree = np.diff(offsets)
+    np.testing.assert_array_equal(value["degree"], degree)
+    assert degree.sum() == 2 * len({(min(a, b), max(a, b)) for a in range(n)
+                                    for b in neighbours[offsets[a]:offsets[a + 1]].tolist()})  # symmetric
+    assert 4 <= degree.mean() <= 6
+    for i in range(n):
+        assert value["world_mean"][i] == pytest.approx(v[neighbours[offsets[i]:offsets[i + 1]]].mean())
+    # follows.csv is directed: agent i's neighbours are those it follows
+    follows = {0: [1, 2], 1: [2], 2: [0], 3: [0, 39]}
+    for i in range(n):
+        if i in follows:
+            assert value["follows_max"][i] == max(v[follows[i]])
+        else:
+            assert value["follows_max"][i] == -1  # no one followed: the update skipped them
+    assert metrics[0]["mean_ring_sum"] == pytest.approx(value["ring_sum"].mean())
+
+
+@pytest.mark.slow
+def test_networks_agree_across_executors_and_shards(network_runs):
+    assert_same_runs(network_runs)
+
+
+def test_a_million_node_small_world_is_compact():
+    offsets, neighbours = network.build("net", {"generator": {"name": "small_world", "k": 10, "p": 0.1}},
+                                        1_000_000, 1)
+    assert offsets.dtype == np.int64 and neighbours.dtype == np.int32
+    assert 9.8 < len(neighbours) / 1_000_000 <= 10
+    assert offsets.nbytes + neighbours.nbytes < 50 * 2**20
+    again = network.build("net", {"generator": {"name": "small_world", "k": 10, "p": 0.1}}, 1_000_000, 1)
+    np.testing.assert_array_equal(again[1], neighbours)
+
+
+@pytest.mark.parametrize("generator", [{"name": "scale_free", "m": 3}, {"name": "random", "p": 0.01},
+                                       {"name": "complete"}, {"name": "ring", "k": 2}])
+def test_generators_are_seeded_and_undirected(generator):
+    offsets, neighbours = network.build("g", {"generator": generator}, 500, 3)
+    edges = {(a, b) for a in range(500) for b in neighbours[offsets[a]:offsets[a + 1]].tolist()}
+    assert all((b, a) in edges for a, b in edges) and not any(a == b for a, b in edges)
+    mean_degree = len(neighbours) / 500
+    want = {"scale_free": (5, 6), "random": (4, 6), "complete": (499, 499), "ring": (2, 2)}[generator["name"]]
+    assert want[0] <= mean_degree <= want[1], mean_degree
+    again = network.build("g", {"generator": generator}, 500, 3)
+    np.testing.assert_array_equal(again[1], neighbours)
+    other = network.build("g", {"generator": generator}, 500, 4)
+    assert generator["name"] in ("complete", "ring") or not np.array_equal(other[1], neighbours)
+
+
+# ------------------------------------------------------------------ rumor.pop
+@pytest.fixture(scope="module")
+def rumor_runs(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("rumor")
+    path = EXAMPLES / "rumor.pop"
+    return {"local-1": run(path, tmp, "local-1", "local", 1),
+            "local-3": run(path, tmp, "local-3", "local", 3, overrides=()),
+            "ray-2": run(path, tmp, "ray-2", "ray", 2)}
+
+
+def test_rumor_spreads_day_by_day(rumor_runs):
+    summary, metrics, run_dir, plan = rumor_runs["local-1"]
+    assert summary["status"] == "finished" and summary["errors"] == 0
+    shares = [m["believers"] for m in metrics]
+    assert [m["day"] for m in metrics] == list(range(1, 11))
+    assert all(b > a for a, b in zip(shares, shares[1:])), shares
+    assert shares[-1] > 5 * shares[0]
+    sources = pd.read_parquet(run_dir / "personas.parquet")["source"].to_numpy().astype(bool)
+    asked = pd.read_parquet(run_dir / "asks/ask.convinced/day=1.parquet")
+    assert len(asked) == 10_000 - sources.sum()  # believers are not asked again
+    convinced = asked["value"].sum()
+    assert shares[0] == pytest.approx((sources.sum() + convinced) / 10_000)
+
+
+@pytest.mark.slow
+def test_rumor_agrees_across_executors_and_shards(rumor_runs):
+    assert_same_runs(rumor_runs)
