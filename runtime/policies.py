@@ -69,3 +69,36 @@ def rumor(batch) -> np.ndarray:
 
 
 rumor.populace_batch = True
+
+
+_ARGUMENTS = {
+    "pro": ("The plan creates jobs.", "It will bring the town together.", "Doing nothing costs more."),
+    "con": ("The plan wastes money.", "Nobody asked the residents.", "There are better uses for the land."),
+}
+
+
+def debater(batch) -> np.ndarray:
+    """Debate in a chat room: keep one's side unless the room leans the other way.
+
+    For a stance (an enum output): an agent starts on its persona's `side`; afterwards it keeps
+    its last stance (state `stance_now`, empty at first) and switches with probability
+    2 * (share of the room's posts for the other side - 0.5) * (1 - stubbornness) when that
+    share is above one half. For a post (a str output): "pro: <argument>" or "con: <argument>".
+    """
+    n = len(batch.ids)
+    side = np.asarray(batch.persona.get("side", np.full(n, "pro", dtype=object)), dtype=object)
+    stance = np.asarray(batch.state.get("stance_now", np.full(n, "", dtype=object)), dtype=object)
+    stance = np.where(stance == "", side, stance)
+    if batch.output["kind"] == "str":
+        pick = (batch.uniforms("debater.argument") * 3).astype(int)
+        return np.array([f"{s}: {_ARGUMENTS[s][k]}" for s, k in zip(stance.tolist(), pick.tolist())], dtype=object)
+    room = next((v for v in batch.env.values() if isinstance(v, dict) and "posts" in v), {"posts": []})
+    posts = room["posts"]
+    pro = sum(p.startswith("pro:") for p in posts) / len(posts) if posts else 0.5
+    stubborn = np.asarray(batch.persona.get("stubbornness", np.full(n, 0.5)), dtype=float)
+    other = np.where(stance == "pro", 1.0 - pro, pro)
+    switch = batch.uniforms("debater.switch") < 2.0 * np.clip(other - 0.5, 0, None) * (1 - stubborn)
+    return np.where(switch, np.where(stance == "pro", "con", "pro"), stance).astype(object)
+
+
+debater.populace_batch = True

@@ -245,3 +245,34 @@ def test_rumor_spreads_day_by_day(rumor_runs):
 @pytest.mark.slow
 def test_rumor_agrees_across_executors_and_shards(rumor_runs):
     assert_same_runs(rumor_runs)
+
+
+# ------------------------------------------------------------------ debate.pop: a chat room
+@pytest.fixture(scope="module")
+def debate_runs(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("debate")
+    path = EXAMPLES / "debate.pop"
+    return {"local-1": run(path, tmp, "local-1", "local", 1), "ray-3": run(path, tmp, "ray-3", "ray", 3)}
+
+
+def test_debate_room_keeps_the_last_posts_and_stances_follow_it(debate_runs):
+    summary, metrics, run_dir, plan = debate_runs["local-1"]
+    assert summary["status"] == "finished" and summary["errors"] == 0
+    assert [m["round"] for m in metrics] == list(range(1, 7))
+    for m in metrics:
+        r = m["round"]
+        stance = pd.read_parquet(run_dir / f"asks/ask.stance/round={r}.parquet")
+        text = pd.read_parquet(run_dir / f"asks/ask.text/round={r}.parquet")
+        assert m["pro"] == pytest.approx((stance["value"] == "pro").mean())
+        # every post argues its author's stance; the room holds the last 50 posts in agent id order
+        assert (text["value"].str.split(":").str[0] == stance["value"]).all()
+        assert m["posts"] == 50 and m["room"] == text.sort_values("agent")["value"].tolist()[-50:]
+    # the room leans con, so pro speakers drift to con round after round (and never back)
+    pros = [m["pro"] for m in metrics]
+    assert all(sum(p.startswith("con") for p in m["room"]) > 25 for m in metrics)
+    assert all(b <= a for a, b in zip(pros, pros[1:])) and pros[-1] < pros[0] - 0.1, pros
+
+
+@pytest.mark.slow
+def test_debate_agrees_across_executors_and_shards(debate_runs):
+    assert_same_runs(debate_runs)
