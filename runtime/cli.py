@@ -455,7 +455,8 @@ class _SweepProgress:
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, description=f"{self.failed} failed")
             if result.status != "finished":
-                self.bar.console.print(f"failed: {params} r{result.run.replicate}: {result.error}")
+                self.bar.console.print(f"failed: {params} replicate {result.run.replicate}: {result.error}",
+                                       markup=False, highlight=False)  # errors hold brackets: error[E1021]
         else:
             print(f"[{self.done}/{self.total}] {result.status} {params} replicate {result.run.replicate} "
                   f"seed {result.run.seed} in {result.seconds:.1f}s -> {result.run.run_dir}", flush=True)
