@@ -39,6 +39,8 @@ def network_policy(agent):
     if prompt == "heard":
         role, text = agent["memory"][-1]
         return 0 if role == "assistant" else sum(int(x) for x in text.split())
+    if prompt == "move":
+        return ("north", "south", "east", "west", "stay")[agent["id"] % 5]
     value = agent["state"][prompt.split()[1]]
     return None if value != value else float(value)
 
@@ -276,3 +278,62 @@ def test_debate_room_keeps_the_last_posts_and_stances_follow_it(debate_runs):
 @pytest.mark.slow
 def test_debate_agrees_across_executors_and_shards(debate_runs):
     assert_same_runs(debate_runs)
+
+
+# ------------------------------------------------------------------ grids
+@pytest.fixture(scope="module")
+def grid_runs(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("grid")
+    return {"local-1": run(FIXTURES / "grid.pop", tmp, "local-1", "local", 1),
+            "ray-3": run(FIXTURES / "grid.pop", tmp, "ray-3", "ray", 3)}
+
+
+def _cells_near(cell, width, height, torus, moore, radius=1):
+    x, y = cell % width, cell // width
+    out = set()
+    for dx in range(-radius, radius + 1):
+        for dy in range(-radius, radius + 1):
+            if (dx, dy) == (0, 0) or (not moore and abs(dx) + abs(dy) > radius):
+                continue
+            nx, ny = x + dx, y + dy
+            if torus:
+                nx, ny = nx % width, ny % height
+            elif not (0 <= nx < width and 0 <= ny < height):
+                continue
+            out.add(ny * width + nx)
+    return out | {cell}
+
+
+def test_grid_moves_and_neighbourhoods(grid_runs):
+    from populace.runtime import environments
+
+    summary, metrics, run_dir, plan = grid_runs["local-1"]
+    assert summary["status"] == "finished" and summary["errors"] == 0, summary
+    v = pd.read_parquet(run_dir / "personas.parquet")["v"].to_numpy()
+    world, plain = plan.environments["world"], plan.environments["plain"]
+    cells = {"world": np.array(environments.grid_positions(plan, world)),
+             "plain": np.array(environments.grid_positions(plan, plain))}
+    assert cells["world"].max() < 25 and cells["plain"].max() < 24
+    for t in (1, 2):
+        near = pd.read_parquet(run_dir / f"asks/ask.out_near/t={t}.parquet")["value"].to_numpy()
+        near_plain = pd.read_parquet(run_dir / f"asks/ask.out_near_plain/t={t}.parquet")["value"].to_numpy()
+        for i in range(30):
+            around = _cells_near(cells["world"][i], 5, 5, True, True)
+            others = [j for j in range(30) if j != i and cells["world"][j] in around]
+            assert near[i] == len(others), (t, i)
+            around = _cells_near(cells["plain"][i], 6, 4, False, False)
+            others = [j for j in range(30) if j != i and cells["plain"][j] in around]
+            assert near_plain[i] == v[others].sum(), (t, i)
+        moves = pd.read_parquet(run_dir / f"asks/ask.step/t={t}.parquet")["value"].tolist()
+        before = cells["plain"].copy()
+        cells = {name: environments.move(env, cells[name], moves) for name, env in (("world", world), ("plain", plain))}
+        x, y = before % 6, before // 6
+        assert ((cells["plain"] % 6 >= 0) & (cells["plain"] // 6 < 4)).all()
+        east = np.array([m == "east" for m in moves])
+        np.testing.assert_array_equal(cells["plain"][east] % 6, np.minimum(x[east] + 1, 5))  # walls stop
+        np.testing.assert_array_equal(cells["plain"][east] // 6, y[east])
+
+
+@pytest.mark.slow
+def test_grids_agree_across_executors_and_shards(grid_runs):
+    assert_same_runs(grid_runs)
