@@ -153,3 +153,13 @@ def test_the_same_file_compiles_on_real_models(tmp_path):
         model = plan["models"][name]
         assert model["provider"] == "openai" and model["settings"]["temperature"] == 0.3
     assert plan["models"]["writer"]["provider"] == "openai"
+
+
+def test_check_and_explain_accept_every_setup(capsys):
+    from populace.runtime.cli import main
+
+    assert main(["check", str(GUESS)]) == 0
+    for setup in (["variant=famous"], ["grouping=both"], ["mixture=mixed", "players=1500"], ["temperature=0"]):
+        assert main(["explain", str(GUESS), *[a for s in setup for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    assert "6,000 agents" in out and "500 agents (33%), model model_b" in out
