@@ -80,5 +80,7 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     cost = summary["cost_usd"]
     table.add_row("cost", "unknown (no price)" if cost is None else f"${cost:,.4f}")
     table.add_row("agent errors", f"{summary['errors']:,}")
-    table.add_row("run directory", Text(summary["run_dir"]))
+    table.add_row("run directory", Text(summary["run_dir"], overflow="fold"))
     console.print(table)
+    # Also on a line of its own, never cut, for copying and for scripts.
+    console.print(Text(f"run directory: {summary['run_dir']}"), soft_wrap=True)
