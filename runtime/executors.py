@@ -79,9 +79,9 @@ class RayExecutor:
         remote = ray.remote(num_cpus=0, max_restarts=restarts, max_task_retries=0)(Shard)
         self.journal: dict[str, list] = {pop: [] for pop in ranges}
         self.restarts: list[dict] = []
-        # Held for the run's life: a restarted actor fetches its constructor arguments again.
-        self.plan_ref = plan_ref = ray.put(plan_raw)
-        self.actors = {pop: [remote.remote(plan_ref, pop, i, a, b, len(rs), options) for i, (a, b) in enumerate(rs)]
+        # The plan goes inline with each actor's creation (it is a few KB: plans do not grow with
+        # agents), so Ray keeps it in the actor's spec and a restarted actor gets it again.
+        self.actors = {pop: [remote.remote(plan_raw, pop, i, a, b, len(rs), options) for i, (a, b) in enumerate(rs)]
                        for pop, rs in ranges.items()}
         try:
             ray.get([a.ready.remote() for actors in self.actors.values() for a in actors])
