@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs per combination, each with its own seed derived from the scenario's (default 1)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="ray (default: runs one after another on one shared Ray) or local (runs in parallel processes)")
-    p.add_argument("--parallel", type=int, metavar="N", help="local executor: runs at once (default: one per CPU)")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="runs at once (local: worker processes, default one per CPU; ray: default 1, one after another)")
     p.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
     p.add_argument("--shards", type=int, help="shards per population in each run")
     p.add_argument("--sweep-dir", help="write the sweep here (default: runs/<scenario>-sweep-<time>)")

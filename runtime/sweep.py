@@ -7,8 +7,9 @@ per record, with the grid params, the replicate, its seed, the run's status, err
 and the recorded metrics. A run that fails is a row with its status and error; the others go on.
 
 Where runs execute: with the local executor, in a pool of worker processes (`parallel`, default
-one per CPU), each run isolated in its own process; with Ray, one after another in this process,
-all sharing the one Ray (a run's shards already spread over the cluster's CPUs).
+one per CPU), each run isolated in its own process; with Ray, in this process on one shared Ray,
+one after another by default (a run's shards already spread over the cluster's CPUs), or
+`parallel` drivers at once in threads.
 """
 from __future__ import annotations
 
@@ -210,7 +211,7 @@ def run_sweep(file: str, grid: dict[str, list[str]], replicates: int = 1, execut
         else:
             _run_in_processes(file, runs, list(overrides), shards, workers, finished)
     else:
-        _run_on_ray(file, runs, list(overrides), shards, address, finished)
+        _run_on_ray(file, runs, list(overrides), shards, address, max(1, parallel or 1), finished)
     ordered = [results[r.index] for r in runs]
     table = write_table(sweep_dir, ordered, list(grid))
     return {"sweep_dir": sweep_dir, "runs": ordered, "table": table}
@@ -235,8 +236,9 @@ def _run_in_processes(file, runs, overrides, shards, workers, finished) -> None:
             finished(result)
 
 
-def _run_on_ray(file, runs, overrides, shards, address, finished) -> None:
+def _run_on_ray(file, runs, overrides, shards, address, parallel, finished) -> None:
     import ray
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     started = False
     if not ray.is_initialized():
@@ -245,8 +247,17 @@ def _run_on_ray(file, runs, overrides, shards, address, finished) -> None:
         ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
         started = True
     try:
-        for run in runs:  # one Ray for all: each run finds it initialised and leaves it up
-            finished(execute_run(file, run, overrides, "ray", shards, address))
+        # One Ray for all: each run finds it initialised and leaves it up. Runs share nothing but
+        # Ray (own driver, own shard actors, own run directory), so `parallel` drivers may run at
+        # once in threads; their shards then share the cluster's CPUs.
+        if parallel == 1:
+            for run in runs:
+                finished(execute_run(file, run, overrides, "ray", shards, address))
+        else:
+            with ThreadPoolExecutor(max_workers=parallel) as pool:
+                futures = [pool.submit(execute_run, file, run, overrides, "ray", shards, address) for run in runs]
+                for future in as_completed(futures):
+                    finished(future.result())  # execute_run never raises
     finally:
         if started:
             ray.shutdown()

@@ -116,8 +116,9 @@ def test_usage_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_sweep_on_one_shared_ray(tmp_path, ray_session, local_sweep):
-    code = main(["sweep", str(TINY), "--grid", "fail=0,1", "--executor", "ray", "--shards", "2",
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_sweep_on_one_shared_ray(tmp_path, ray_session, local_sweep, parallel):
+    code = main(["sweep", str(TINY), "--grid", "fail=0,1", "--executor", "ray", "--shards", "2", "--parallel", parallel,
                  "--sweep-dir", str(tmp_path / "ray"), "--set", "players=40"])
     assert code == 1
     assert ray_session.is_initialized()  # the sweep used the Ray it found and left it up
