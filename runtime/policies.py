@@ -102,3 +102,54 @@ def debater(batch) -> np.ndarray:
 
 
 debater.populace_batch = True
+
+
+def _farol_predictors(history: list[float]) -> np.ndarray:
+    """Arthur's (1994) bag of attendance forecasts from the weeks so far (shares, 0..1)."""
+    h = np.asarray(history, dtype=float)
+
+    def back(k):
+        return h[-k] if len(h) >= k else h[0]
+
+    def mean(k):
+        return float(h[-k:].mean())
+
+    trend = h[-1] + (h[-1] - back(2))
+    return np.clip(np.array([
+        h[-1], back(2), back(3), back(5), mean(2), mean(3), mean(4), mean(8), float(h.mean()),
+        1.2 - h[-1], 1.2 - mean(3), trend, 0.5 * (h[-1] + back(2)) + 0.1, float(np.median(h[-5:])),
+    ]), 0.0, 1.0)
+
+
+def el_farol(batch) -> np.ndarray:
+    """El Farol (Arthur, 1994): every patron holds 2 of 14 forecasting rules and trusts the one that
+    has been most accurate so far; it goes when that rule forecasts attendance under the threshold.
+
+    Week one: go with probability `sociable`. The rules each patron holds are drawn once from the
+    seed and its id; accuracy is the mean absolute error over the weeks seen (`bar.attendance`).
+    Nobody can be right on average by copying everyone else, so attendance keeps oscillating
+    around the threshold instead of settling.
+    """
+    from . import rng
+
+    n = len(batch.ids)
+    bar = next((v for v in batch.env.values() if isinstance(v, dict) and "attendance" in v), {})
+    history = [float(x) for x in bar.get("attendance") or []]
+    threshold = float(bar.get("threshold", 0.6))
+    if not history:
+        sociable = np.asarray(batch.persona.get("sociable", np.full(n, threshold)), dtype=float)
+        return batch.uniforms("el_farol.first") < sociable
+    rules = len(_farol_predictors(history))
+    if len(history) > 1:
+        past = np.array([_farol_predictors(history[:t]) for t in range(1, len(history))])  # weeks x rules
+        error = np.abs(past - np.asarray(history[1:])[:, None]).mean(axis=0)
+    else:
+        error = np.zeros(rules)
+    forecast = _farol_predictors(history)
+    held = np.stack([(rng.uniforms(batch.ids, rng.key(batch.seed, "el_farol.rule", j)) * rules).astype(int)
+                     for j in range(2)], axis=1)  # patrons x 2 rules (maybe the same one twice)
+    best = held[np.arange(n), np.argmin(error[held], axis=1)]
+    return forecast[best] < threshold
+
+
+el_farol.populace_batch = True

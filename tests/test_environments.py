@@ -337,3 +337,31 @@ def test_grid_moves_and_neighbourhoods(grid_runs):
 @pytest.mark.slow
 def test_grids_agree_across_executors_and_shards(grid_runs):
     assert_same_runs(grid_runs)
+
+
+# ------------------------------------------------------------------ el_farol.pop
+@pytest.fixture(scope="module")
+def el_farol_runs(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("el_farol")
+    path = EXAMPLES / "el_farol.pop"
+    return {"local-1": run(path, tmp, "local-1", "local", 1), "ray-2": run(path, tmp, "ray-2", "ray", 2)}
+
+
+def test_el_farol_attendance_oscillates_around_the_threshold(el_farol_runs):
+    summary, metrics, run_dir, plan = el_farol_runs["local-1"]
+    assert summary["status"] == "finished" and summary["errors"] == 0
+    attendance = np.array([m["attendance"] for m in metrics])
+    assert len(attendance) == 52
+    settled = attendance[4:]  # after a month of learning
+    assert 0.55 <= settled.mean() <= 0.65, settled.mean()
+    assert ((settled >= 0.4) & (settled <= 0.8)).mean() >= 0.85
+    assert settled.std() > 0.03  # nobody's rule is right for long: it keeps moving
+    crowded = np.array([m["crowded"] for m in metrics])
+    assert 0.2 < crowded.mean() < 0.8
+    week3 = pd.read_parquet(run_dir / "asks/ask.go/week=3.parquet")
+    assert week3["value"].mean() == pytest.approx(attendance[2])
+
+
+@pytest.mark.slow
+def test_el_farol_agrees_across_executors_and_shards(el_farol_runs):
+    assert_same_runs(el_farol_runs)
