@@ -96,6 +96,10 @@ class Checker:
                 parts.append(p)
                 continue
             ty, ir = self.expr(p)
+            if ty.per_agent and ty.pop and ty.pop.startswith("group:"):
+                self.ctx.error("E1037", p.span, f"`{_source(p)}` has one value per member of the agent's group",
+                               hint=f"aggregate it, e.g. sum({_source(p)}) or mean({_source(p)})")
+                continue
             if ty.per_agent:
                 if self.scope.kind in ("driver", "constant"):
                     self.per_agent_error(p, ty)
@@ -517,6 +521,13 @@ class Checker:
             if self.scope.kind != "agent":
                 self.ctx.error("E1037", e.span, f"`{name}` over a group or neighbours is per agent",
                                hint="use it in a prompt, a `where` or an agent update")
+                return BAD
+            owner = agg["pop"]
+            if self.scope.pop and owner and self.scope.pop != owner:
+                # The agent looks up its own group or its own row of the network: it must be one of them.
+                what = f"group set `{via['group']}`" if "group" in via else f"network `{via['neighbors']}`"
+                self.ctx.error("E1037", e.span, f"`{self.scope.pop}` agents are not in {what}, which is over `{owner}`",
+                               hint=f"use it where `{owner}` agents speak or are updated")
                 return BAD
             return out.column(self.scope.pop), agg
         return out, agg
