@@ -365,3 +365,46 @@ def test_el_farol_attendance_oscillates_around_the_threshold(el_farol_runs):
 @pytest.mark.slow
 def test_el_farol_agrees_across_executors_and_shards(el_farol_runs):
     assert_same_runs(el_farol_runs)
+
+
+# ------------------------------------------------------------------ checkpoints and refusals
+@pytest.mark.parametrize("example", ["debate", "public_goods"])
+def test_stop_then_resume_keeps_rooms_and_groups(tmp_path, example):
+    """A chat room's log lives in the driver's checkpoint; group keys are rebuilt from the seed."""
+    from populace.runtime.resume import resume_run
+    from populace.runtime.rundir import request_control
+
+    path = EXAMPLES / f"{example}.pop"
+    _, whole, whole_dir, plan = run(path, tmp_path, "whole")
+    broken_dir = tmp_path / "broken"
+    broken_dir.mkdir()
+
+    def listener(event):
+        if event["type"] == "record" and event["values"]["round"] == 3:
+            request_control(str(broken_dir), "stop")
+
+    assert run_plan(plan, executor="local", run_dir=str(broken_dir), listener=listener)["status"] == "stopped"
+    request_control(str(broken_dir), "resume")
+    assert resume_run(str(broken_dir), executor="local")["status"] == "finished"
+    resumed = [json.loads(x) for x in (broken_dir / "metrics.jsonl").read_text().splitlines()]
+    assert resumed == whole
+    a, b = asks(whole_dir), asks(broken_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        pd.testing.assert_frame_equal(a[key], b[key])
+
+
+def test_misuse_the_compiler_lets_through_is_refused_before_the_run(tmp_path):
+    from populace.runtime.driver import unsupported
+
+    text = (FIXTURES / "network.pop").read_text().replace("population nodes = param.n x Node",
+                                                          "population nodes = param.n x Node\npopulation others = 5 x Node")
+    text = text.replace('tell neighbors(ring) from nodes', 'tell neighbors(ring) from others')
+    path = FIXTURES / "_misuse.pop"
+    path.write_text(text)
+    try:
+        plan = plan_from_dict(compile_file(str(path)).plan)
+    finally:
+        path.unlink()
+    problems = unsupported(plan)
+    assert len(problems) == 1 and "the senders (`others`) must be the agents of `ring` (`nodes`)" in problems[0]
