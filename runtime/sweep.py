@@ -48,7 +48,7 @@ class SweepRun:
 @dataclass(slots=True)
 class RunResult:
     run: SweepRun
-    status: str  # finished | failed | stopped
+    status: str  # finished | failed | stopped (Ctrl-C) | skipped (not run: the sweep stopped first)
     error: str | None = None
     seconds: float = 0.0
     records: list = field(default_factory=list)
@@ -197,22 +197,26 @@ def run_sweep(file: str, grid: dict[str, list[str]], replicates: int = 1, execut
         on_start(runs)
     results: dict[int, RunResult] = {}
 
-    def finished(result: RunResult) -> None:
+    def finished(result: RunResult) -> str:
         results[result.run.index] = result
         _write_manifest(sweep_dir, file, grid, replicates, overrides, executor, runs, results)
         if on_run:
             on_run(result)
+        return result.status
 
     if executor == "local":
         workers = max(1, min(parallel or os.cpu_count() or 1, len(runs)))
         if workers == 1:
             for run in runs:
-                finished(execute_run(file, run, list(overrides), executor, shards, address))
+                if finished(execute_run(file, run, list(overrides), executor, shards, address)) == "stopped":
+                    break
         else:
             _run_in_processes(file, runs, list(overrides), shards, workers, finished)
     else:
         _run_on_ray(file, runs, list(overrides), shards, address, max(1, parallel or 1), finished)
-    ordered = [results[r.index] for r in runs]
+    # A run stopped by Ctrl-C (the driver catches it and ends the run "stopped") ends a sequential
+    # sweep: the runs after it are rows with status "skipped".
+    ordered = [results.get(r.index) or RunResult(r, "skipped", "the sweep stopped before this run") for r in runs]
     table = write_table(sweep_dir, ordered, list(grid))
     return {"sweep_dir": sweep_dir, "runs": ordered, "table": table}
 
@@ -252,7 +256,8 @@ def _run_on_ray(file, runs, overrides, shards, address, parallel, finished) -> N
         # once in threads; their shards then share the cluster's CPUs.
         if parallel == 1:
             for run in runs:
-                finished(execute_run(file, run, overrides, "ray", shards, address))
+                if finished(execute_run(file, run, overrides, "ray", shards, address)) == "stopped":
+                    break
         else:
             with ThreadPoolExecutor(max_workers=parallel) as pool:
                 futures = [pool.submit(execute_run, file, run, overrides, "ray", shards, address) for run in runs]

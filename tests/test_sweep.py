@@ -130,3 +130,21 @@ def test_sweep_on_one_shared_ray(tmp_path, ray_session, local_sweep, parallel):
     assert ours == local[local["run"] == 0]["mean_pick"].dropna().tolist()
     summary = json.loads((Path(table["run_dir"].iloc[0]) / "summary.json").read_text())
     assert summary["executor"] == "ray" and summary["shards"] == {"players": 2}
+
+
+def test_a_stopped_run_ends_a_sequential_sweep(tmp_path, monkeypatch):
+    from populace.runtime import sweep
+
+    real = sweep.execute_run
+
+    def stop_the_second(file, run, *args):
+        if run.index == 1:  # what a run interrupted by Ctrl-C returns: the driver ends it "stopped"
+            return sweep.RunResult(run, "stopped")
+        return real(file, run, *args)
+
+    monkeypatch.setattr(sweep, "execute_run", stop_the_second)
+    outcome = sweep.run_sweep(str(TINY), {"players": ["10", "20", "30"]}, executor="local", parallel=1,
+                              sweep_dir=str(tmp_path / "s"))
+    assert [r.status for r in outcome["runs"]] == ["finished", "stopped", "skipped"]
+    table = pd.read_csv(tmp_path / "s" / "sweep.csv")
+    assert table.groupby("run")["status"].first().tolist() == ["finished", "stopped", "skipped"]
