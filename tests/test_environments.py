@@ -317,10 +317,12 @@ def test_grid_moves_and_neighbourhoods(grid_runs):
     for t in (1, 2):
         near = pd.read_parquet(run_dir / f"asks/ask.out_near/t={t}.parquet")["value"].to_numpy()
         near_plain = pd.read_parquet(run_dir / f"asks/ask.out_near_plain/t={t}.parquet")["value"].to_numpy()
+        heard = pd.read_parquet(run_dir / f"asks/ask.heard/t={t}.parquet")["value"].to_numpy()
         for i in range(30):
             around = _cells_near(cells["world"][i], 5, 5, True, True)
             others = [j for j in range(30) if j != i and cells["world"][j] in around]
             assert near[i] == len(others), (t, i)
+            assert heard[i] == sum(v[j] for j in others if v[j] > 4), (t, i)
             around = _cells_near(cells["plain"][i], 6, 4, False, False)
             others = [j for j in range(30) if j != i and cells["plain"][j] in around]
             assert near_plain[i] == v[others].sum(), (t, i)
