@@ -417,7 +417,7 @@ def cmd_sweep(args) -> int:
     print(f"{len(outcome['runs']) - len(failed)} of {len(outcome['runs'])} runs finished; "
           f"table of {table['rows']} rows: {table['csv']}, {table['parquet']}")
     for r in failed:
-        print(f"  failed: {r.run.run_dir}: {r.error}", file=sys.stderr)
+        print(f"  {r.status}: {r.run.run_dir}" + (f": {r.error}" if r.error else ""), file=sys.stderr)
     return 1 if failed else 0
 
 

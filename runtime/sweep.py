@@ -159,6 +159,14 @@ def _run_error(run_dir: str) -> str | None:
     return error
 
 
+def _interruptible(file, run, overrides, executor, shards, address) -> RunResult:
+    """execute_run, with a Ctrl-C outside the driver (compiling, between steps) as a stopped run."""
+    try:
+        return execute_run(file, run, overrides, executor, shards, address)
+    except KeyboardInterrupt:
+        return RunResult(run, "stopped", "interrupted")
+
+
 def _worker_init(paths: list[str]) -> None:
     # Spawned workers start with a fresh sys.path: give them the parent's, so user policies load.
     for p in reversed(paths):
@@ -208,7 +216,7 @@ def run_sweep(file: str, grid: dict[str, list[str]], replicates: int = 1, execut
         workers = max(1, min(parallel or os.cpu_count() or 1, len(runs)))
         if workers == 1:
             for run in runs:
-                if finished(execute_run(file, run, list(overrides), executor, shards, address)) == "stopped":
+                if finished(_interruptible(file, run, list(overrides), executor, shards, address)) == "stopped":
                     break
         else:
             _run_in_processes(file, runs, list(overrides), shards, workers, finished)
@@ -256,7 +264,7 @@ def _run_on_ray(file, runs, overrides, shards, address, parallel, finished) -> N
         # once in threads; their shards then share the cluster's CPUs.
         if parallel == 1:
             for run in runs:
-                if finished(execute_run(file, run, overrides, "ray", shards, address)) == "stopped":
+                if finished(_interruptible(file, run, overrides, "ray", shards, address)) == "stopped":
                     break
         else:
             with ThreadPoolExecutor(max_workers=parallel) as pool:
