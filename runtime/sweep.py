@@ -222,8 +222,8 @@ def run_sweep(file: str, grid: dict[str, list[str]], replicates: int = 1, execut
             _run_in_processes(file, runs, list(overrides), shards, workers, finished)
     else:
         _run_on_ray(file, runs, list(overrides), shards, address, max(1, parallel or 1), finished)
-    # A run stopped by Ctrl-C (the driver catches it and ends the run "stopped") ends a sequential
-    # sweep: the runs after it are rows with status "skipped".
+    # A run stopped by Ctrl-C (the driver catches it and ends the run "stopped") ends the sweep:
+    # the runs not started are rows with status "skipped".
     ordered = [results.get(r.index) or RunResult(r, "skipped", "the sweep stopped before this run") for r in runs]
     table = write_table(sweep_dir, ordered, list(grid))
     return {"sweep_dir": sweep_dir, "runs": ordered, "table": table}
@@ -237,15 +237,29 @@ def _run_in_processes(file, runs, overrides, shards, workers, finished) -> None:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
                              initargs=(list(sys.path),)) as pool:
-        futures = {pool.submit(execute_run, file, run, overrides, "local", shards, None): run for run in runs}
-        for future in as_completed(futures):
-            run = futures[future]
+        futures = {pool.submit(_interruptible, file, run, overrides, "local", shards, None): run for run in runs}
+        collected = set()
+
+        def collect(future, run) -> None:
+            collected.add(run.index)
             try:
                 result = future.result()
             except Exception as e:  # the worker process died (killed, out of memory)
                 result = RunResult(run, "failed", f"worker died: {type(e).__name__}: {e}",
                                    records=read_records(run.run_dir) if os.path.isdir(run.run_dir) else [])
             finished(result)
+
+        try:
+            for future in as_completed(futures):
+                collect(future, futures[future])
+        except KeyboardInterrupt:
+            # Ctrl-C reached the workers too (one process group): their runs end "stopped". Start
+            # no more runs, gather the ones in progress; the runs never started become "skipped".
+            for future in futures:
+                future.cancel()
+            for future, run in futures.items():
+                if run.index not in collected and not future.cancelled():
+                    collect(future, run)
 
 
 def _run_on_ray(file, runs, overrides, shards, address, parallel, finished) -> None:
