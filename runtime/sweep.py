@@ -283,8 +283,18 @@ def _run_on_ray(file, runs, overrides, shards, address, parallel, finished) -> N
         else:
             with ThreadPoolExecutor(max_workers=parallel) as pool:
                 futures = [pool.submit(execute_run, file, run, overrides, "ray", shards, address) for run in runs]
-                for future in as_completed(futures):
-                    finished(future.result())  # execute_run never raises
+                collected = set()
+                try:
+                    for future in as_completed(futures):
+                        collected.add(future)
+                        finished(future.result())  # execute_run never raises
+                except KeyboardInterrupt:
+                    # Only this thread hears Ctrl-C: start no more runs, let the ones in progress finish.
+                    for future in futures:
+                        future.cancel()
+                    for future in futures:
+                        if future not in collected and not future.cancelled():
+                            finished(future.result())
     finally:
         if started:
             ray.shutdown()
