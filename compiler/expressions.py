@@ -523,7 +523,8 @@ class Checker:
                                hint="use it in a prompt, a `where` or an agent update")
                 return BAD
             owner = agg["pop"]
-            if self.scope.pop and owner and self.scope.pop != owner:
+            # (a system prompt's scope is an agent kind, which may be in any population: checked at run start)
+            if self.scope.pop and owner and self.scope.pop != owner and not self.scope.pop.startswith("agent:"):
                 # The agent looks up its own group or its own row of the network: it must be one of them.
                 what = f"group set `{via['group']}`" if "group" in via else f"network `{via['neighbors']}`"
                 self.ctx.error("E1037", e.span, f"`{self.scope.pop}` agents are not in {what}, which is over `{owner}`",

@@ -364,7 +364,9 @@ class Driver:
         self.emit({"type": "record", "step": step["id"], "iteration": label, "values": row})
 
     def op_ask(self, step, variables, label, depth=0):
-        self._shard_step(step, variables, label, "ask", [step["prompt"], step["where"]])
+        # System prompts may hold aggregates too: they are computed with the step's own.
+        systems = [self.plan.agents[part["agent"]].system for part in self.plan.populations[step["population"]].mixture]
+        self._shard_step(step, variables, label, "ask", [step["prompt"], step["where"], *systems])
 
     def op_set_state(self, step, variables, label, depth=0):
         self._shard_step(step, variables, label, "set_state", [step["value"], step["where"]])

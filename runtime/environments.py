@@ -62,7 +62,9 @@ def check_plan(plan) -> list[str]:
     problems = []
     for step in plan.steps():
         pop = step.get("population") if step["op"] in ("ask", "set_state") else step.get("sender")
-        for node in walk(step):
+        systems = [plan.agents[part["agent"]].system for part in plan.populations[pop].mixture] \
+            if step["op"] == "ask" else []
+        for node in walk([step, systems]):
             via = node.get("via") if isinstance(node, dict) and "agg" in node else None
             if not via:
                 continue
