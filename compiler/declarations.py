@@ -128,8 +128,14 @@ def resolve_params(ctx: Context) -> None:
         ty, value, ok = constant(ctx, param.default, f"param `{param.name}`")
         if param.type is not None:
             declared = output_type(ctx, param.type)
-            if ok and not assignable(declared, type_of_value(value)):
-                ctx.error("E1010", param.default.span, f"the default of `{param.name}` is {describe(ty)}, not {describe(declared)}")
+            if ok and not _fits(declared, value):
+                if declared.kind == "enum":
+                    ctx.error("E1010", param.default.span, f"{value!r} is not one of {describe(declared)}",
+                              hint=did_you_mean(str(value), [str(v) for v in declared.values]))
+                else:
+                    ctx.error("E1010", param.default.span,
+                              f"the default of `{param.name}` is {describe(ty)}, not {describe(declared)}")
+                ok = False
             ty = declared
         if ok and not _in_range(value, ty):
             ctx.error("E1010", param.default.span, f"{value!r} is outside {describe(ty)}")
@@ -185,13 +191,20 @@ def _override(ctx: Context, item: str, line: int) -> None:
                 ctx.error("E1021", value_at, f"`--set {item}`: {err.message}")
                 return
     vty = type_of_value(value)
-    if not assignable(ty, vty) or not _in_range(value, ty):
+    if not _fits(ty, value) or not _in_range(value, ty):
         ctx.error("E1021", value_at, f"`--set {item}`: param `{name}` is {describe(ty)}, not {describe(vty)} {value!r}",
                   label=f"not {describe(ty)}")
         return
     if ty.kind == "float" and isinstance(value, int):
         value = float(value)
     ctx.params[name] = (value, ty)
+
+
+def _fits(declared: Ty, value) -> bool:
+    """Can this constant be a value of the declared type? An enum takes exactly its values."""
+    if declared.kind == "enum":
+        return value in declared.values
+    return assignable(declared, type_of_value(value))
 
 
 def _in_range(value, ty: Ty) -> bool:
