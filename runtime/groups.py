@@ -15,7 +15,25 @@ from populace.compiler.plan.evaluate import EvalError
 
 from . import rng
 
-PER_GROUP = ("mean", "sum", "count", "share", "min", "max", "std")
+PER_GROUP = ("mean", "sum", "count", "share", "min", "max", "std", "median", "quantile")
+
+
+def segment_quantiles(values: np.ndarray, segment: np.ndarray, segments: int, q: float) -> np.ndarray:
+    """The q-quantile (numpy's linear rule) of `values` within each segment 0..segments-1; NaN for
+    an empty segment. Missing values must be removed before."""
+    order = np.lexsort((values, segment))
+    vals, seg = values[order], segment[order]
+    counts = np.bincount(seg, minlength=segments)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.full(segments, np.nan)
+    has = counts > 0
+    pos = q * (counts[has] - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, counts[has] - 1)
+    frac = pos - lo
+    base = starts[has]
+    out[has] = vals[base + lo] * (1 - frac) + vals[base + hi] * frac
+    return out
 
 
 def group_keys(group: dict, size: int, seed: int, ids: np.ndarray, columns: dict) -> np.ndarray:
@@ -32,7 +50,7 @@ def partials(spec: dict, values, keys: np.ndarray):
     """One shard's per-group partials for an aggregate: (group keys, arrays of partial values)."""
     fn = spec["agg"]
     if fn not in PER_GROUP:
-        raise EvalError(f"`{fn}` per group is not supported; use mean, sum, count, share, min, max or std")
+        raise EvalError(f"`{fn}` per group is not supported; use mean, sum, count, share, min, max, std, median or quantile")
     n = len(keys)
     arr = np.asarray(values) if isinstance(values, np.ndarray) else np.full(n, values)
     if arr.dtype == object:
@@ -43,6 +61,8 @@ def partials(spec: dict, values, keys: np.ndarray):
         arr = arr.astype(np.float64)
         present = ~np.isnan(arr)
     unique, inverse = np.unique(keys, return_inverse=True)
+    if fn in ("median", "quantile"):  # the values themselves, by group (8 bytes a member)
+        return unique, (inverse[present], np.asarray(arr, dtype=np.float64)[present])
     count = np.bincount(inverse, weights=present, minlength=len(unique))
     if fn == "count":
         return unique, (count,)
@@ -63,6 +83,12 @@ def partials(spec: dict, values, keys: np.ndarray):
 def combine(spec: dict, parts: list) -> dict:
     """Every shard's partials -> {"keys": sorted group keys, "values": one value per group}."""
     fn, params = spec["agg"], spec["params"]
+    if fn in ("median", "quantile"):
+        keys = np.concatenate([p[0][p[1][0]] for p in parts])
+        unique, inverse = np.unique(keys, return_inverse=True)
+        values = segment_quantiles(np.concatenate([p[1][1] for p in parts]), inverse, len(unique),
+                                   0.5 if fn == "median" else float(params["q"]))
+        return {"keys": unique, "values": values}
     keys = np.concatenate([p[0] for p in parts])
     unique, inverse = np.unique(keys, return_inverse=True)
     m = len(unique)

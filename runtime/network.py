@@ -164,12 +164,16 @@ def aggregate(fn: str, values: np.ndarray, offsets: np.ndarray, neighbours: np.n
         if fn == "std":
             s, ss = np.bincount(row, weights=x, minlength=n), np.bincount(row, weights=x * x, minlength=n)
             return np.sqrt(np.maximum(ss / count - (s / count) ** 2, 0.0))
+        if fn in ("median", "quantile"):
+            from .groups import segment_quantiles
+
+            return segment_quantiles(vals[present], row[present], n, 0.5 if fn == "median" else float(params["q"]))
         if fn in ("min", "max"):
             out = np.full(n, np.inf if fn == "min" else -np.inf)
             (np.minimum if fn == "min" else np.maximum).at(out, row[present], vals[present])
             out[np.isinf(out)] = np.nan
             return out
-    raise EvalError(f"`{fn}` over neighbours is not supported; use mean, sum, count, share, min, max or std")
+    raise EvalError(f"`{fn}` over neighbours is not supported; use mean, sum, count, share, min, max, std, median or quantile")
 
 
 def messages(texts: list, offsets: np.ndarray, neighbours: np.ndarray) -> list:

@@ -419,23 +419,24 @@ def test_group_partials_combine_to_the_same_values_whatever_the_split(fn):
     keys = gen.integers(0, 7, 200)
     values = gen.integers(0, 10, 200).astype(float)
     values[gen.random(200) < 0.1] = np.nan  # missing answers are skipped
-    spec = {"agg": fn, "params": {}}
+    spec = {"agg": fn, "params": {"q": 0.3}}
     whole = groups.combine(spec, [groups.partials(spec, values, keys)])
     split = groups.combine(spec, [groups.partials(spec, values[a:b], keys[a:b]) for a, b in ((0, 50), (50, 51), (51, 200))])
     np.testing.assert_allclose(whole["values"], split["values"])
     for k, got in zip(whole["keys"].tolist(), whole["values"].tolist()):
         present = values[(keys == k) & ~np.isnan(values)]
         want = {"mean": present.mean(), "sum": present.sum(), "count": len(present), "share": (present != 0).mean(),
-                "min": present.min(), "max": present.max(), "std": present.std()}[fn]
+                "min": present.min(), "max": present.max(), "std": present.std(), "median": np.median(present),
+                "quantile": np.quantile(present, 0.3)}[fn]
         assert got == pytest.approx(want)
 
 
-@pytest.mark.parametrize("fn", ["mean", "sum", "count", "share", "min", "max", "std"])
+@pytest.mark.parametrize("fn", ["mean", "sum", "count", "share", "min", "max", "std", "median", "quantile"])
 def test_neighbour_aggregates_match_a_loop(fn):
     offsets, neighbours = network.build("g", {"generator": {"name": "random", "p": 0.05}}, 120, 2)
     values = np.random.default_rng(1).integers(0, 5, 120).astype(float)
     values[::11] = np.nan
-    got = network.aggregate(fn, values, offsets, neighbours, {})
+    got = network.aggregate(fn, values, offsets, neighbours, {"q": 0.8})
     for i in range(120):
         present = [x for x in values[neighbours[offsets[i]:offsets[i + 1]]] if x == x]
         if not present:
@@ -443,5 +444,6 @@ def test_neighbour_aggregates_match_a_loop(fn):
             continue
         arr = np.array(present)
         want = {"mean": arr.mean(), "sum": arr.sum(), "count": len(arr), "share": (arr != 0).mean(),
-                "min": arr.min(), "max": arr.max(), "std": arr.std()}[fn]
+                "min": arr.min(), "max": arr.max(), "std": arr.std(), "median": np.median(arr),
+                "quantile": np.quantile(arr, 0.8)}[fn]
         assert got[i] == pytest.approx(want), i
