@@ -518,6 +518,10 @@ class Checker:
         agg = {"agg": name, "arg": ir, "pop": self._pop_of(ty), "params": params}
         if via:
             agg["via"] = via
+            if name == "histogram":
+                self.ctx.error("E1037", e.span, "a histogram over a group or neighbours is not supported",
+                               hint="e.g. median(...) or quantile(..., 0.9) of the agent's group or neighbours")
+                return BAD
             if self.scope.kind != "agent":
                 self.ctx.error("E1037", e.span, f"`{name}` over a group or neighbours is per agent",
                                hint="use it in a prompt, a `where` or an agent update")
