@@ -76,6 +76,7 @@ class RayExecutor:
         # reloads the latest checkpoint; we (not Ray) then replay the agent-changing calls made
         # since that checkpoint and send the failed call again, so no step is lost or done twice.
         restarts = MAX_RESTARTS if (options or {}).get("restartable") else 0
+        self.restartable = bool(restarts)
         remote = ray.remote(num_cpus=0, max_restarts=restarts, max_task_retries=0)(Shard)
         self.journal: dict[str, list] = {pop: [] for pop in ranges}
         self.restarts: list[dict] = []
@@ -95,7 +96,9 @@ class RayExecutor:
             # Put each argument in the object store once: a step's context can carry a gathered
             # column (8 MB for a million floats) that every shard reads.
             args = tuple(self.ray.put(a) for a in args)
-        if method in MUTATING:
+        if method in MUTATING and self.restartable:
+            # Only a restartable shard is ever replayed; otherwise the journal would keep every
+            # step's arguments (gathered columns included) alive until the run ends.
             self.journal[population].append((method, args))
         refs = [getattr(a, method).remote(*args) for a in actors]
         index = {ref: i for i, ref in enumerate(refs)}
