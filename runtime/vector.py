@@ -121,6 +121,8 @@ def evaluate(expr: dict, frame: Frame, ctx: Context):
         value = evaluate(inner, frame, ctx)
         if isinstance(value, dict):
             return value[expr["field"]]
+        if is_vector(value):  # one record per agent (a record-typed ask output): that field of each
+            return _field_of_each(value, expr["field"])
         raise EvalError(f"no field `{expr['field']}`")
     if "index" in expr:
         seq, i = (evaluate(e, frame, ctx) for e in expr["index"])
@@ -133,6 +135,16 @@ def evaluate(expr: dict, frame: Frame, ctx: Context):
     if "template" in expr:
         return render(expr, frame, ctx)
     raise EvalError(f"this runtime cannot evaluate {sorted(expr)}")
+
+
+def _field_of_each(records: np.ndarray, name: str) -> np.ndarray:
+    """A field of per-agent records; numbers come back as floats with NaN where missing."""
+    values = [r.get(name) if isinstance(r, dict) else None for r in records.tolist()]
+    if all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in values):
+        return np.array([np.nan if x is None else float(x) for x in values], dtype=np.float64)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 def _op(expr, frame, ctx):

@@ -279,3 +279,19 @@ def test_an_unwritable_run_directory_is_a_clear_error(tmp_path, capsys):
                  "--run-dir", str(blocker / "run")])
     err = capsys.readouterr().err
     assert code == 1 and "the run cannot write its files" in err and "Traceback" not in err
+
+
+def test_fields_of_a_record_answer_can_be_aggregated(tmp_path):
+    path = tmp_path / "rec.pop"
+    path.write_text('''scenario s { seed = 3 }
+model m { provider = mock }
+agent A { model = m }
+population p = 50 x A
+workflow {
+  ask p "Answer with reasons." -> answer: { x: int in 0..10, why: str }
+  record mean_x = mean(p.answer.x), n = count(p.answer.x)
+}
+''')
+    _, metrics, run_dir = run(path, tmp_path, "r")
+    answers = pd.read_parquet(run_dir / "asks" / "ask.answer" / "once.parquet")["value"].map(json.loads)
+    assert metrics[0]["n"] == 50 and metrics[0]["mean_x"] == pytest.approx(answers.map(lambda d: d["x"]).mean())
