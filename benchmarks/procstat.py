@@ -46,3 +46,34 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def run_with_peak_memory(cmd: list[str], what: str) -> tuple[float, int]:
+    """Run a command to its end; return (wall seconds, the peak PSS sum of its process tree).
+    Exits with the command's stderr if it fails."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    peak = 0
+    began = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, sum(pss_bytes(p) for p in descendants(proc.pid)))
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    wall = time.perf_counter() - began
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        sys.exit(f"run failed for {what}: {err.decode()[-2000:]}")
+    return wall, peak

@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procstat import descendants, pss_bytes  # noqa: E402
+from procstat import run_with_peak_memory  # noqa: E402
 
 SCENARIO = ROOT / "examples" / "rumor.pop"
 
@@ -40,26 +38,7 @@ def measure(size: int, days: int, executor: str, scenario: Path) -> dict:
     run_dir = tempfile.mkdtemp(prefix=f"populace-rumor-{size}-")
     cmd = [sys.executable, "-m", "populace.runtime.cli", "run", str(scenario), "--set", f"people={size}",
            "--set", f"days={days}", "--executor", executor, "--quiet", "--run-dir", run_dir]
-    peak = 0
-    began = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=dict(os.environ, RAY_AUTH_MODE="disabled"))
-    done = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, sum(pss_bytes(p) for p in descendants(proc.pid)))
-            time.sleep(0.25)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, err = proc.communicate()
-    wall = time.perf_counter() - began
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"run failed for {size}: {err.decode()[-2000:]}")
+    wall, peak = run_with_peak_memory(cmd, f"{size}")
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     metrics = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return {"people": size, "wall_s": wall, "run_s": summary["seconds"], "agent_steps": summary["agent_steps"],

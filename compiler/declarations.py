@@ -703,7 +703,7 @@ def _table_columns(ctx, path: str, span: n.Span) -> dict[str, Ty]:
                         ctx.error("E1025", span, f"line {reader.line_num} of `{path}` has {width} cells; "
                                   f"the header has {len(reader.fieldnames)} columns")
                         return {}
-                    rows.append({k: _cell(v) for k, v in row.items()})
+                    rows.append({k: table_cell(v) for k, v in row.items()})
                     if i >= 200:
                         break
             else:
@@ -725,7 +725,8 @@ def _table_columns(ctx, path: str, span: n.Span) -> dict[str, Ty]:
     return {k: unify_all([type_of_value(v) for v in vs]) for k, vs in cols.items()}
 
 
-def _cell(text: str):
+def table_cell(text: str):
+    """A CSV cell as its value: whole number, number, or text (shared with the runtime's table reader)."""
     for conv in (int, float):
         try:
             return conv(text)

@@ -12,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 
+from populace.compiler.declarations import table_cell
+
 from . import rng
 from .vector import Context, Frame, evaluate, is_vector
 
@@ -187,17 +189,9 @@ def read_table(path: str) -> list[dict]:
     if path not in _TABLES:
         with open(path, encoding="utf-8", newline="") as fh:
             if path.endswith(".csv"):
-                rows = [{k: _cell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+                rows = [{k: table_cell(v) for k, v in r.items()} for r in csv.DictReader(fh)]
             else:
                 rows = [json.loads(line) for line in fh if line.strip()]
         _TABLES[path] = rows
     return _TABLES[path]
 
-
-def _cell(text):
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except (TypeError, ValueError):
-            pass
-    return text
