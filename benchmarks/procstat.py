@@ -77,3 +77,16 @@ def run_with_peak_memory(cmd: list[str], what: str) -> tuple[float, int]:
     if proc.returncode != 0:
         sys.exit(f"run failed for {what}: {err.decode()[-2000:]}")
     return wall, peak
+
+
+def scenario_with(path, old: str, new: str, prefix: str):
+    """A temporary copy of a scenario with one line swapped (e.g. the agent's model)."""
+    import tempfile
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    if old not in text:
+        raise SystemExit(f"{Path(path).name} no longer contains {old!r}; update the benchmark")
+    out = Path(tempfile.mkdtemp(prefix=prefix)) / Path(path).name
+    out.write_text(text.replace(old, new))
+    return out

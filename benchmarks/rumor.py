@@ -20,18 +20,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procstat import run_with_peak_memory  # noqa: E402
+from procstat import run_with_peak_memory, scenario_with  # noqa: E402
 
 SCENARIO = ROOT / "examples" / "rumor.pop"
 
 
 def scenario_with_model(model: str) -> Path:
-    text = SCENARIO.read_text()
-    if "model = spread" not in text:
-        raise SystemExit("rumor.pop's agent line changed; update benchmarks/rumor.py")
-    out = Path(tempfile.mkdtemp(prefix="populace-rumor-")) / "rumor.pop"
-    out.write_text(text.replace("model = spread", f"model = {model}"))
-    return out
+    return scenario_with(SCENARIO, "model = spread", f"model = {model}", "populace-rumor-")
 
 
 def measure(size: int, days: int, executor: str, scenario: Path) -> dict:

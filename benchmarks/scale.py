@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from procstat import run_with_peak_memory  # noqa: E402
+from procstat import run_with_peak_memory, scenario_with  # noqa: E402
 
 
 def scenario_with_model(model: str | None) -> Path:
@@ -27,12 +27,7 @@ def scenario_with_model(model: str | None) -> Path:
     path = ROOT / "examples" / "guess_two_thirds.pop"
     if not model:
         return path
-    text = path.read_text()
-    if "model   = level_k" not in text:
-        raise SystemExit("the flagship's agent line changed; update benchmarks/scale.py")
-    out = Path(tempfile.mkdtemp(prefix="populace-scale-")) / "guess_two_thirds.pop"
-    out.write_text(text.replace("model   = level_k", f"model   = {model}"))
-    return out
+    return scenario_with(path, "model   = level_k", f"model   = {model}", "populace-scale-")
 
 
 def measure(size: int, executor: str, extra: list[str], scenario: Path) -> dict:

@@ -639,7 +639,7 @@ def _write(ctx, f: n.PersonaField, scope: Scope) -> tuple[dict, Ty]:
         else:
             scope.refs.add(name)
     if f.reuse_per is not None:
-        used = _template_fields(template)
+        used = persona_refs(template)
         missing = sorted(used - set(f.reuse_per))
         if missing:
             ctx.warning("W1001", f.span, f"the prompt uses {', '.join(missing)}, not in `reuse per`",
@@ -648,16 +648,17 @@ def _write(ctx, f: n.PersonaField, scope: Scope) -> tuple[dict, Ty]:
             "reuse_per": list(f.reuse_per) if f.reuse_per is not None else None}, STR
 
 
-def _template_fields(ir) -> set:
+def persona_refs(ir) -> set:
+    """The persona fields a plan expression reads directly (not through a group or neighbours)."""
     out = set()
     if isinstance(ir, dict):
-        if ir.get("src") == "persona" and "col" in ir:
+        if ir.get("src") == "persona" and "col" in ir and "via" not in ir:
             out.add(ir["col"])
         for v in ir.values():
-            out |= _template_fields(v)
+            out |= persona_refs(v)
     elif isinstance(ir, list):
         for v in ir:
-            out |= _template_fields(v)
+            out |= persona_refs(v)
     return out
 
 

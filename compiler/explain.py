@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from .declarations import persona_refs
 from .types import describe, from_json
 
 CHARS_PER_TOKEN = 4
@@ -175,7 +176,7 @@ class _Explainer:
         if f["kind"] == "sample" and _categories(f["type"]) is not None:
             return {name}
         if f["kind"] == "derive":
-            refs = _persona_refs(f["expr"])
+            refs = persona_refs(f["expr"])
             out = set()
             for ref in refs:
                 sub = self.basis(persona, ref, seen + (name,))
@@ -199,7 +200,7 @@ class _Explainer:
             return None
         fields = set()
         for ir in irs:
-            fields |= _persona_refs(ir)
+            fields |= persona_refs(ir)
         # Two bounds, the smaller wins: the combinations of the sampled fields everything comes
         # from, and the combinations of the named fields' own values (a derived `"young" if age <
         # 22 else "older"` has 2 values however many ages there are).
@@ -452,19 +453,6 @@ def _leaf_count(ir) -> int | None:
         then, orelse = _leaf_count(ir["then"]), _leaf_count(ir["else"])
         return then + orelse if then is not None and orelse is not None else None
     return None
-
-
-def _persona_refs(ir) -> set:
-    out = set()
-    if isinstance(ir, dict):
-        if "col" in ir and ir.get("src") == "persona" and "via" not in ir:
-            out.add(ir["col"])
-        for v in ir.values():
-            out |= _persona_refs(v)
-    elif isinstance(ir, list):
-        for v in ir:
-            out |= _persona_refs(v)
-    return out
 
 
 def _per_agent_dynamic(ir) -> bool:
