@@ -331,10 +331,42 @@ def cmd_monitor(args) -> int:
     if not os.path.isdir(args.run_dir):
         print(f"error: no run directory {args.run_dir}", file=sys.stderr)
         return 2
+    problem = _newer_run_dir(args.run_dir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
     token, generated = _monitor_token(args.host)
     print(f"monitor: {_monitor_url(args.host, args.port, token, generated)}", flush=True)
     serve(args.run_dir, args.host, args.port, token)
     return 0
+
+
+def _newer_run_dir(run_dir: str) -> str | None:
+    """Why this Populace cannot show a run directory written by a newer one (plan or events), or None."""
+    import os
+
+    from populace.compiler.plan import SUPPORTED_MAJOR, PlanError, check_version
+
+    from .events import read_events
+    from .rundir import NewerFormatError
+
+    try:
+        with open(os.path.join(run_dir, "plan.json"), encoding="utf-8") as f:
+            raw = json.load(f)
+        if str(raw.get("plan_version", "")).split(".")[0].isdigit():
+            if int(str(raw["plan_version"]).split(".")[0]) > SUPPORTED_MAJOR:
+                check_version(raw)
+    except (OSError, ValueError, AttributeError):
+        pass  # not written yet (a run starting) or damaged: the page shows what it can
+    except PlanError as e:
+        return f"{os.path.join(run_dir, 'plan.json')}: {e}"
+    try:
+        read_events(os.path.join(run_dir, "events.jsonl"))
+    except OSError:
+        pass
+    except NewerFormatError as e:
+        return str(e)
+    return None
 
 
 def _with_seed(raw: dict, seed: int) -> dict:

@@ -18,7 +18,7 @@ from populace.compiler.plan.evaluate import EvalError, evaluate
 
 from . import environments, groups
 from .models import OFFLINE_PROVIDERS, ModelError
-from .rundir import RunDir, iteration_file
+from .rundir import RUN_FORMAT, RunDir, iteration_file, populace_version
 from .shard import combine
 from .vector import agg_key
 
@@ -101,7 +101,8 @@ class Driver:
     def run(self, resume: dict | None = None) -> dict:
         """Run the workflow; with `resume` (a checkpoint's driver state) continue from it."""
         plan = self.plan
-        started = {"type": "run_started", "scenario": plan.scenario["name"], "plan_hash": plan.plan_hash,
+        started = {"type": "run_started", "format": RUN_FORMAT, "populace_version": populace_version(),
+                   "scenario": plan.scenario["name"], "plan_hash": plan.plan_hash,
                    "executor": self.executor.name, "seed": plan.seed,
                    "shards": {p: len(r) for p, r in self.executor.ranges.items()},
                    "agents": {p: pop.size for p, pop in plan.populations.items()}}
@@ -232,7 +233,7 @@ class Driver:
         for pop in sorted(self.plan.populations):
             self.executor.call(pop, "save_checkpoint", directory)
         state = {
-            "seq": self.seq, "plan_hash": self.plan.plan_hash, "frames": _plain_frames(self.frames),
+            "format": RUN_FORMAT, "populace_version": populace_version(), "seq": self.seq, "plan_hash": self.plan.plan_hash, "frames": _plain_frames(self.frames),
             "env": self.env, "totals": self.totals, "by_model": self.by_model, "latencies": self.latencies,
             "metrics_lines": self.run_dir.metrics_written, "ranges": self.executor.ranges,
             "shard_steps": self.shard_steps, "elapsed": time.monotonic() - self.started + self.elapsed_before,

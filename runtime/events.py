@@ -2,12 +2,15 @@
 
 In: event dicts (`{"type": "step_finished", "t": 1.23, ...}`) as the driver emits them or as
 read back from events.jsonl. Out: RunState.from_events(...), what the CLI and the monitor show:
-status, current step and iteration, agents done, model calls, tokens, errors, records.
+status, current step and iteration, agents done, model calls, tokens, errors, records. Events
+written by a newer Populace (a `run_started` with a higher `format`) are refused, not guessed at.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+
+from .rundir import check_format
 
 
 @dataclass
@@ -35,49 +38,58 @@ class RunState:
     failure: str = ""
 
     def apply(self, e: dict) -> None:
-        kind = e["type"]
-        self.seconds = max(self.seconds, e.get("t", 0.0))
+        """Fold one event. A damaged event (a field missing or of the wrong type) adds what it holds
+        and never raises; an event stream written by a newer Populace raises NewerFormatError."""
+        kind = e.get("type")
+        self.seconds = max(self.seconds, _number(e, "t"))
         if kind == "run_started":
+            check_format(e.get("format"), "events.jsonl", e.get("populace_version"))
             self.status = "running"
-            self.scenario, self.plan_hash, self.executor = e["scenario"], e["plan_hash"], e["executor"]
-            self.shards, self.agents = e["shards"], e["agents"]
+            self.scenario, self.plan_hash, self.executor = _text(e, "scenario"), _text(e, "plan_hash"), _text(e, "executor")
+            self.shards, self.agents = _mapping(e, "shards"), _mapping(e, "agents")
         elif kind == "step_started":
-            self.current = e["step"] + e.get("iteration", "")
-            self.step_total = e.get("agents", 0)
+            self.current = _text(e, "step") + _text(e, "iteration")
+            self.step_total = _number(e, "agents")
             self.step_done = 0
         elif kind == "shard_finished":
-            self.step_done = e["agents_done"]
-            self.step_total = e["agents_total"]
-            self.shards_done[f"{e['population']}/{e['shard']}"] = e["agents_done"]
+            self.step_done = _number(e, "agents_done")
+            self.step_total = _number(e, "agents_total")
+            self.shards_done[f"{_text(e, 'population')}/{e.get('shard')}"] = self.step_done
         elif kind == "step_finished":
             self.steps_done += 1
-            self.agents_done += e.get("agents", 0)
-            self.calls += e.get("calls", 0)
-            self.tokens_in += e.get("tokens_in", 0)
-            self.tokens_out += e.get("tokens_out", 0)
-            self.errors += e.get("errors", 0)
-            for model, (calls, tin, tout) in e.get("by_model", {}).items():
+            self.agents_done += _number(e, "agents")
+            self.calls += _number(e, "calls")
+            self.tokens_in += _number(e, "tokens_in")
+            self.tokens_out += _number(e, "tokens_out")
+            self.errors += _number(e, "errors")
+            for model, counts in _mapping(e, "by_model").items():
+                if not (isinstance(counts, list) and len(counts) == 3 and all(_is_number(c) for c in counts)):
+                    continue
                 m = self.by_model.setdefault(model, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
-                m["calls"] += calls
-                m["tokens_in"] += tin
-                m["tokens_out"] += tout
+                m["calls"] += counts[0]
+                m["tokens_in"] += counts[1]
+                m["tokens_out"] += counts[2]
         elif kind == "agent_errors":
             room = 50 - len(self.error_samples)
+            samples = e.get("samples") if isinstance(e.get("samples"), list) else []
             if room > 0:
-                self.error_samples.extend(dict(s, step=e["step"], iteration=e.get("iteration", ""), span=e.get("span"))
-                                          for s in e["samples"][:room])
+                self.error_samples.extend(dict(s, step=_text(e, "step"), iteration=_text(e, "iteration"),
+                                               span=e.get("span"))
+                                          for s in samples[:room] if isinstance(s, dict))
         elif kind == "record":
-            self.records.append(e["values"])
+            if isinstance(e.get("values"), dict):
+                self.records.append(e["values"])
         elif kind == "run_paused":
             self.status = "paused"
         elif kind == "run_resumed":
             self.status = "running"
         elif kind == "run_finished":
-            self.status = e.get("status", "finished")
+            status = e.get("status")
+            self.status = status if status in ("finished", "stopped", "failed") else "finished"
             self.current = ""
         elif kind == "run_failed":
             self.status = "failed"
-            self.failure = e.get("error", "")
+            self.failure = _text(e, "error")
 
     @classmethod
     def from_events(cls, events) -> "RunState":
@@ -88,14 +100,40 @@ class RunState:
 
 
 def read_events(path: str) -> list[dict]:
-    """Events of a run directory; a torn last line (a crash mid-write) is skipped, not fatal."""
+    """Events of a run directory. A torn last line (a crash mid-write) and a damaged line (not a JSON
+    object with a `type`) are skipped, not fatal; events written by a newer Populace raise
+    NewerFormatError (rundir), naming the file and both versions."""
     out = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if not line.endswith("\n"):
                 break
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                event = json.loads(line)
+            except ValueError:  # JSONDecodeError; also numbers too large to read back
                 continue
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                continue
+            if event["type"] == "run_started":
+                check_format(event.get("format"), path, event.get("populace_version"))
+            out.append(event)
     return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(e: dict, key: str):
+    value = e.get(key, 0)
+    return value if _is_number(value) else 0
+
+
+def _text(e: dict, key: str) -> str:
+    value = e.get(key, "")
+    return value if isinstance(value, str) else ""
+
+
+def _mapping(e: dict, key: str) -> dict:
+    value = e.get(key)
+    return value if isinstance(value, dict) else {}

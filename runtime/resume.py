@@ -13,8 +13,9 @@ import os
 from populace.compiler.plan import PlanError, read_plan
 
 from .driver import unsupported
+from .events import read_events
 from .executors import make_executor
-from .rundir import RunDir
+from .rundir import NewerFormatError, RunDir, check_format
 
 
 class ResumeError(Exception):
@@ -22,24 +23,61 @@ class ResumeError(Exception):
 
 
 def checkpoints(run_dir: str, plan) -> list[tuple[str, dict]]:
-    """Complete checkpoints, newest first: (directory, driver state)."""
+    """Complete checkpoints, newest first: (directory, driver state). A damaged one is skipped; one
+    written by a newer Populace raises NewerFormatError (it is not damaged: we cannot read it)."""
     root = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(root):
         return []
     out = []
     for name in sorted(os.listdir(root), reverse=True):
         directory = os.path.join(root, name)
+        path = os.path.join(directory, "driver.json")
         try:
-            with open(os.path.join(directory, "driver.json"), encoding="utf-8") as f:
+            with open(path, encoding="utf-8") as f:
                 state = json.load(f)
         except (OSError, ValueError):
             continue  # torn or missing: not a checkpoint
-        if state.get("plan_hash") != plan.plan_hash:
+        if isinstance(state, dict):
+            check_format(state.get("format"), path, state.get("populace_version"))
+        if not _usable(state, plan):
             continue
         files = [f"{pop}-{i}.arrow" for pop, ranges in state["ranges"].items() for i in range(len(ranges))]
         if all(os.path.exists(os.path.join(directory, f)) for f in files):
             out.append((os.path.abspath(directory), state))
     return out
+
+
+def _usable(state, plan) -> bool:
+    """driver.json of this plan with every field the driver reads, of the right type (a hand edit or
+    flipped bytes that still parse as JSON make it damaged, not a crash)."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(state, dict) or state.get("plan_hash") != plan.plan_hash:
+        return False
+    types = {"seq": int, "frames": list, "env": dict, "totals": dict, "by_model": dict, "metrics_lines": int,
+             "ranges": dict, "shard_steps": int}
+    if not all(isinstance(state.get(k), t) and not isinstance(state.get(k), bool) for k, t in types.items()):
+        return False
+    if not all(isinstance(f, dict) and whole(f.get("index")) and isinstance(f.get("variables"), dict)
+               and isinstance(f.get("label"), str) for f in state["frames"]) or not state["frames"]:
+        return False
+    if set(state["env"]) != set(plan.environments) or not all(isinstance(v, dict) for v in state["env"].values()):
+        return False
+    if set(state["ranges"]) != set(plan.populations):
+        return False
+    for pop, ranges in state["ranges"].items():
+        if not isinstance(ranges, list) or not ranges:
+            return False
+        bounds = [0]
+        for r in ranges:
+            if not (isinstance(r, list) and len(r) == 2 and whole(r[0]) and whole(r[1]) and r[0] == bounds[-1] < r[1]):
+                return False
+            bounds.append(r[1])
+        if bounds[-1] != plan.populations[pop].size:
+            return False
+    keys = ("calls", "tokens_in", "tokens_out", "errors", "agents", "steps")
+    return all(whole(state["totals"].get(k)) for k in keys) and state["metrics_lines"] >= 0
 
 
 def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, quiet: bool = True,
@@ -53,7 +91,12 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
     problems = unsupported(plan)
     if problems:
         raise ResumeError("; ".join(problems))
-    candidates = checkpoints(run_dir, plan)
+    try:
+        if os.path.exists(os.path.join(run_dir, "events.jsonl")):
+            read_events(os.path.join(run_dir, "events.jsonl"))  # a newer format raises
+        candidates = checkpoints(run_dir, plan)
+    except NewerFormatError as e:
+        raise ResumeError(f"{run_dir} cannot be resumed: {e}") from None
     errors = []
     for directory, state in candidates:
         ranges = {pop: [tuple(r) for r in rs] for pop, rs in state["ranges"].items()}
@@ -65,6 +108,8 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
             ex = make_executor(executor, plan, address=address, options=options, ranges=ranges)
         except Exception as e:  # a corrupt shard file: try the checkpoint before
             cause = getattr(e, "cause", None) or e
+            if isinstance(cause, NewerFormatError) or "NewerFormatError" in str(cause):
+                raise ResumeError(f"{run_dir} cannot be resumed: {_first_line(cause)}") from None
             errors.append(f"{os.path.basename(directory)}: {cause}")
             continue
         return _finish(plan, ex, run_dir, state, quiet, listener)
@@ -72,6 +117,15 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
         raise ResumeError("no usable checkpoint: " + "; ".join(errors))
     raise ResumeError(f"{run_dir} has no checkpoint to resume from; run the scenario again "
                       "(with --cache pointing at its cache.sqlite, so answers already paid for are reused)")
+
+
+def _first_line(error) -> str:
+    """A shard's error as one line: Ray's actor errors carry the creation traceback after it."""
+    text = str(error)
+    marker = "NewerFormatError: "
+    if marker in text:
+        text = text[text.index(marker) + len(marker):]
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 def _finish(plan, ex, run_dir, state, quiet, listener) -> dict:

@@ -3,10 +3,12 @@
 In: paths and data from the driver. Out: files under runs/<scenario>-<time>/ (or --run-dir):
 plan.json, events.jsonl (append-only, one JSON object per line), personas.parquet,
 asks/<step>/<iteration>.parquet, metrics.jsonl, summary.json. Whole files are written to a
-temporary name and renamed, so a file that exists is complete.
+temporary name and renamed, so a file that exists is complete. The directory's own formats
+(events, checkpoints) carry RUN_FORMAT; one written by a newer Populace is refused, never read as damaged.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -16,6 +18,40 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# The format of what a run writes for itself: the `run_started` event, checkpoints' driver.json and
+# shard Arrow files. Bump it when an older Populace would misread the new files. A file without a
+# stamp was written before stamps existed: format 1.
+RUN_FORMAT = 1
+
+
+@functools.cache
+def populace_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("populace")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+class NewerFormatError(Exception):
+    """A run directory file written by a newer Populace: refused with both versions named."""
+
+    def __init__(self, path: str, found: int, written_by: str | None = None):
+        by = f" (written by Populace {written_by})" if written_by else ""
+        super().__init__(f"{path} has run format {found}{by}, newer than this Populace ({populace_version()}) "
+                         f"reads (format {RUN_FORMAT}); upgrade Populace to read this run")
+        self.path, self.found, self.written_by = path, found, written_by
+
+    def __reduce__(self):
+        return (NewerFormatError, (self.path, self.found, self.written_by))
+
+
+def check_format(found, path: str, written_by=None) -> None:
+    """Refuse a stamp newer than RUN_FORMAT; no stamp (None) is format 1."""
+    if isinstance(found, int) and not isinstance(found, bool) and found > RUN_FORMAT:
+        raise NewerFormatError(path, found, written_by if isinstance(written_by, str) else None)
 
 
 def new_run_dir(scenario: str, base: str = "runs") -> str:

@@ -18,6 +18,7 @@ from populace.compiler.plan.evaluate import EvalError, format_value
 
 from . import environments, groups, network, personas, rng
 from .models import AskBatch, ModelError, empty_values, make_model
+from .rundir import RUN_FORMAT, check_format, populace_version
 from .vector import Context, Frame, evaluate, is_vector, render_column
 
 MAX_ERROR_SAMPLES = 20
@@ -403,7 +404,8 @@ class Shard:
             cols[f"m:{j}"] = pa.array(texts.tolist(), pa.string())
             cols[f"c:{j}"] = pa.array(self.mem_chars[j], pa.int32())
         cols["count"] = pa.array(self.mem_count, pa.int64())
-        table = pa.table(cols)
+        table = pa.table(cols).replace_schema_metadata({"populace_format": str(RUN_FORMAT),
+                                                          "populace_version": populace_version()})
         target = self.checkpoint_file(directory)
         os.makedirs(directory, exist_ok=True)
         tmp = target + ".tmp"
@@ -419,6 +421,9 @@ class Shard:
                 table = pa.ipc.open_file(source).read_all()
         except (OSError, pa.ArrowInvalid) as e:
             raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+        meta = table.schema.metadata or {}
+        stamp = meta.get(b"populace_format", b"1")
+        check_format(int(stamp) if stamp.isdigit() else 1, path, meta.get(b"populace_version", b"").decode() or None)
         if table.num_rows != len(self.ids) or table.column("agent")[0].as_py() != self.start:
             raise CheckpointError(f"checkpoint {path} holds other agents than shard {self.population}/{self.index}")
         for field in table.schema.names:

@@ -1,0 +1,132 @@
+"""Faults around the run directory: formats from a newer Populace, a full disk, Ctrl-C, a lost Ray node.
+
+Each test runs the command line (in this process or in a subprocess, as a user would) and checks
+the one-line error or the resumed run's results against an undisturbed run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from populace.runtime.cli import main
+from populace.runtime.events import RunState, read_events
+from populace.runtime.rundir import RUN_FORMAT, NewerFormatError
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGSHIP = ROOT / "examples" / "guess_two_thirds.pop"
+
+
+def small_run(run_dir: Path, *extra: str) -> None:
+    """The flagship on its python policy: 60 players, 3 rounds, under a second."""
+    assert main(["run", str(FLAGSHIP), "--set", "players=60", "--set", "rounds=3", "--executor", "local", "--quiet",
+                 "--run-dir", str(run_dir), *extra]) == 0
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def rewrite_events(run_dir: Path, change) -> None:
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    events = [json.loads(x) for x in lines]
+    for e in events:
+        if e["type"] == "run_started":
+            change(e)
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+
+def rewrite_json(path: Path, change) -> None:
+    value = json.loads(path.read_text())
+    change(value)
+    path.write_text(json.dumps(value))
+
+
+def restamp_arrow(path: Path, metadata: dict | None) -> None:
+    table = pa.ipc.open_file(pa.BufferReader(path.read_bytes())).read_all()  # not mapped: we rewrite it
+    table = table.replace_schema_metadata(metadata)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def one_error_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- formats
+
+def test_the_run_directory_carries_its_format(tmp_path):
+    run_dir = tmp_path / "r"
+    small_run(run_dir)
+    started = read_events(str(run_dir / "events.jsonl"))[0]
+    assert started["type"] == "run_started" and started["format"] == RUN_FORMAT and started["populace_version"]
+    for checkpoint in (run_dir / "checkpoints").iterdir():
+        assert json.loads((checkpoint / "driver.json").read_text())["format"] == RUN_FORMAT
+        with pa.memory_map(str(checkpoint / "players-0.arrow")) as source:
+            meta = pa.ipc.open_file(source).schema.metadata
+        assert meta[b"populace_format"] == str(RUN_FORMAT).encode()
+
+
+def test_a_run_directory_without_stamps_is_format_1_and_resumes(tmp_path):
+    run_dir = tmp_path / "old"
+    small_run(run_dir)
+    finished = metrics(run_dir)
+    # What a run directory looked like before stamps: none in events, driver.json or Arrow files.
+    rewrite_events(run_dir, lambda e: (e.pop("format"), e.pop("populace_version")))
+    for checkpoint in (run_dir / "checkpoints").iterdir():
+        rewrite_json(checkpoint / "driver.json", lambda s: (s.pop("format"), s.pop("populace_version")))
+        restamp_arrow(checkpoint / "players-0.arrow", None)
+    assert RunState.from_events(read_events(str(run_dir / "events.jsonl"))).status == "finished"
+    (run_dir / "summary.json").unlink()
+    assert main(["resume", str(run_dir), "--executor", "local", "--quiet"]) == 0
+    assert metrics(run_dir) == finished
+
+
+@pytest.mark.parametrize("where", ["driver.json", "arrow", "events"])
+def test_a_newer_format_is_refused_not_taken_for_damage(tmp_path, capsys, where):
+    run_dir = tmp_path / where
+    small_run(run_dir)
+    (run_dir / "summary.json").unlink()
+    newest = sorted((run_dir / "checkpoints").iterdir())[-1]
+    newer = RUN_FORMAT + 1
+    if where == "driver.json":
+        rewrite_json(newest / "driver.json", lambda s: s.update(format=newer, populace_version="9.0.0"))
+        named = newest / "driver.json"
+    elif where == "arrow":
+        restamp_arrow(newest / "players-0.arrow", {"populace_format": str(newer), "populace_version": "9.0.0"})
+        named = newest / "players-0.arrow"
+    else:
+        rewrite_events(run_dir, lambda e: e.update(format=newer, populace_version="9.0.0"))
+        named = run_dir / "events.jsonl"
+    before = (run_dir / "events.jsonl").read_bytes()
+    capsys.readouterr()
+    # The checkpoint before the newest is fine, but a newer format is not damage: no fall back.
+    assert main(["resume", str(run_dir), "--executor", "local", "--quiet"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert f"run format {newer} (written by Populace 9.0.0)" in line and "upgrade Populace" in line
+    assert named.name in line
+    assert (run_dir / "events.jsonl").read_bytes() == before  # nothing appended
+    assert not (run_dir / "summary.json").exists()
+    if where == "events":
+        with pytest.raises(NewerFormatError, match="run format 2"):
+            read_events(str(run_dir / "events.jsonl"))
+        with pytest.raises(NewerFormatError):
+            RunState.from_events([{"type": "run_started", "format": newer}])
+        assert main(["monitor", str(run_dir), "--port", "1"]) == 1  # refused before serving anything
+        assert "upgrade Populace" in one_error_line(capsys.readouterr().err)
+
+
+def test_the_monitor_refuses_a_plan_of_a_newer_major_version(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    small_run(run_dir)
+    rewrite_json(run_dir / "plan.json", lambda p: p.update(plan_version="2.0"))
+    capsys.readouterr()
+    assert main(["monitor", str(run_dir), "--port", "1"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "plan.json" in line and "version 2.0" in line
