@@ -8,6 +8,7 @@ aggregates come back as shard partials (map-reduce), never as rows.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ from .shard import combine
 from .vector import agg_key
 
 SHARD_OPS = ("ask", "set_state", "tell", "broadcast")  # steps that change agents: checkpoints come before them
+LIVE_LATENCIES = 20_000  # per model: the live p50/p95 of `models` events read the most recent calls only
 
 
 class StopRun(Exception):
@@ -89,13 +91,49 @@ class Driver:
         self.elapsed_before = 0.0
         every = plan.settings.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
         self.checkpoint_every = int(every)
+        self._emitting = threading.Lock()  # calls-in-flight samples come from a ticker thread (local executor)
 
     # ---------------------------------------------------------------- events
     def emit(self, event: dict) -> None:
-        event = {"t": round(time.monotonic() - self.started, 4), **event}
-        self.run_dir.event(event)
-        if self.listener:
-            self.listener(event)
+        with self._emitting:
+            event = {"t": round(time.monotonic() - self.started, 4), **event}
+            self.run_dir.event(event)
+            if self.listener:
+                self.listener(event)
+
+    def _shards_event(self, populations) -> None:
+        """Where each shard runs (Ray node, host) and what it holds (agents, bytes, process RSS):
+        one small call per shard, at start and after each agent step (a restarted shard may move)."""
+        for pop in populations:
+            self.emit({"type": "shards", "population": pop, "shards": self.executor.call(pop, "info")})
+
+    def _models_event(self) -> None:
+        """Each model's figures for the run so far (calls, retries, failures, tokens, latency, cost)."""
+        models = {}
+        for name, m in sorted(self.by_model.items()):
+            figures = dict(m, cost_usd=self._cost(name, m))
+            figures.update(latency_quantiles(self.latencies.get(name, [])[-LIVE_LATENCIES:]))
+            models[name] = figures
+        self.emit({"type": "models", "models": models})
+
+    def _cost(self, name: str, m: dict) -> float | None:
+        """Dollars spent on model `name` so far from the plan's prices; None when it has no price."""
+        model = self.plan.models[name]
+        if model.provider in OFFLINE_PROVIDERS:
+            return 0.0
+        price = model.price
+        if not price:
+            return None
+        # Anthropic reports cache reads and writes apart from the other input tokens.
+        return (m["tokens_in"] * price.get("input", 0) + m["tokens_out"] * price.get("output", 0)
+                + m.get("cache_read", 0) * price.get("cache_read", price.get("input", 0))
+                + m.get("cache_write", 0) * price.get("cache_write", price.get("input", 0))) / 1e6
+
+    def _calls_llm(self, step: dict, population: str) -> bool:
+        """Does this ask go to a remote model (one whose calls in flight are worth sampling)?"""
+        names = {step["model"]} if step.get("model") else {
+            self.plan.agents[part["agent"]].model for part in self.plan.populations[population].mixture}
+        return any(name and self.plan.models[name].provider not in OFFLINE_PROVIDERS for name in names)
 
     # ---------------------------------------------------------------- the run
     def run(self, resume: dict | None = None) -> dict:
@@ -114,8 +152,11 @@ class Driver:
             self.emit(dict(started, type="run_started", resumed_from=resume["seq"]))
         status = "finished"
         try:
+            self._shards_event(sorted(plan.populations))
             if resume is None:
                 self._personas()
+            elif self.by_model:
+                self._models_event()
             self.block(plan.workflow, self.resume[0]["variables"] if self.resume else {}, "")
         except StopRun:
             status = "finished"
@@ -144,6 +185,8 @@ class Driver:
                     self.totals["calls"] += counts["calls"]
                     self.totals["tokens_in"] += counts["tokens_in"]
                     self.totals["tokens_out"] += counts["tokens_out"]
+        if self.by_model:
+            self._models_event()
         tables = {}
         for pop in sorted(self.plan.populations):
             if self.plan.populations[pop].persona:
@@ -157,23 +200,15 @@ class Driver:
     def summary(self, status: str, seconds: float) -> dict:
         cost, cost_known = 0.0, True
         for name, m in self.by_model.items():
-            price = self.plan.models[name].price
-            provider = self.plan.models[name].provider
-            if provider in OFFLINE_PROVIDERS:
-                m["cost_usd"] = 0.0
-            elif price:
-                # Anthropic reports cache reads and writes apart from the other input tokens.
-                m["cost_usd"] = (m["tokens_in"] * price.get("input", 0) + m["tokens_out"] * price.get("output", 0)
-                                 + m.get("cache_read", 0) * price.get("cache_read", price.get("input", 0))
-                                 + m.get("cache_write", 0) * price.get("cache_write", price.get("input", 0))) / 1e6
-                cost += m["cost_usd"]
-            else:
+            m_cost = self._cost(name, m)
+            if m_cost is None:
                 cost_known = False
+            else:
+                m["cost_usd"] = m_cost
+                cost += m_cost
         for name, values in self.latencies.items():
             if values and name in self.by_model:
-                ordered = sorted(values)
-                self.by_model[name]["latency_p50_s"] = ordered[len(ordered) // 2]
-                self.by_model[name]["latency_p95_s"] = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+                self.by_model[name].update(latency_quantiles(values))
         agents = sum(p.size for p in self.plan.populations.values())
         return {
             "status": status, "scenario": self.plan.scenario["name"], "plan_hash": self.plan.plan_hash,
@@ -446,7 +481,17 @@ class Driver:
                        "shard": index, "agents_done": done["agents"], "agents_total": size,
                        "errors": result["errors"] if isinstance(result, dict) else 0})
 
-        results = self.executor.call(pop, method, step, context, on_done=shard_done)
+        on_wait = None
+        if method == "ask" and self._calls_llm(step, pop):
+            def on_wait(pending):
+                in_flight: dict = {}
+                for load in self.executor.sample(pop, pending):
+                    for model, n in load.items():
+                        in_flight[model] = in_flight.get(model, 0) + n
+                self.emit({"type": "calls_in_flight", "step": step["id"], "iteration": label, "models": in_flight,
+                           "shards": len(pending)})
+
+        results = self.executor.call(pop, method, step, context, on_done=shard_done, on_wait=on_wait)
         self._restart_events(step, label)
         seconds = time.monotonic() - began
         event = {"type": "step_finished", "step": step["id"], "iteration": label, "op": step["op"], "population": pop,
@@ -480,6 +525,9 @@ class Driver:
             event["agents"] = int(sum(results))
             self.totals["agents"] += event["agents"]
         self.emit(event)
+        if method == "ask":
+            self._models_event()
+        self._shards_event([pop])
 
     def _llm_stats(self, step, label, results) -> None:
         """Fold the shards' LLM logs into per-model totals; every retry and failure becomes an event."""
@@ -553,6 +601,15 @@ class Driver:
             return evaluate(expr, resolve)
         except EvalError as e:
             raise RunFailed(e.message, step) from None
+
+
+def latency_quantiles(values: list) -> dict:
+    """p50 and p95 of call latencies in seconds (nearest rank), or nothing when there were no calls."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {"latency_p50_s": ordered[len(ordered) // 2],
+            "latency_p95_s": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]}
 
 
 def _concat(parts: list) -> np.ndarray:

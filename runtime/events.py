@@ -33,7 +33,11 @@ class RunState:
     errors: int = 0
     error_samples: list = field(default_factory=list)
     records: list = field(default_factory=list)
-    by_model: dict = field(default_factory=dict)  # model -> {"calls", "tokens_in", "tokens_out"}
+    by_model: dict = field(default_factory=dict)  # model -> {"calls", "tokens_in", "tokens_out"}, and with
+    # `models` events also "retries", "failures", "latency_p50_s", "latency_p95_s", "cost_usd", ...
+    in_flight: dict = field(default_factory=dict)  # model -> requests out now (sampled while an ask runs)
+    shard_info: dict = field(default_factory=dict)  # population -> [{"node", "ip", "host", "agents", "bytes", "rss"}]
+    restarts: list = field(default_factory=list)  # shard_restarted events: a dead shard brought back
     seconds: float = 0.0
     failure: str = ""
 
@@ -79,6 +83,19 @@ class RunState:
         elif kind == "record":
             if isinstance(e.get("values"), dict):
                 self.records.append(e["values"])
+        elif kind == "models":  # each model's run totals so far: they replace what step_finished added
+            models = e.get("models")
+            if isinstance(models, dict):
+                self.by_model = {name: dict(m) for name, m in models.items() if isinstance(m, dict)}
+        elif kind == "calls_in_flight":
+            models = e.get("models")
+            self.in_flight = dict(models) if isinstance(models, dict) else {}
+        elif kind == "shards":
+            shards = e.get("shards")
+            if isinstance(shards, list) and isinstance(e.get("population"), str):
+                self.shard_info[e["population"]] = [s for s in shards if isinstance(s, dict)]
+        elif kind == "shard_restarted":
+            self.restarts.append(e)
         elif kind == "run_paused":
             self.status = "paused"
         elif kind == "run_resumed":
@@ -90,6 +107,8 @@ class RunState:
         elif kind == "run_failed":
             self.status = "failed"
             self.failure = _text(e, "error")
+        if kind in ("step_finished", "run_finished", "run_failed"):
+            self.in_flight = {}  # nothing is out between steps
 
     @classmethod
     def from_events(cls, events) -> "RunState":

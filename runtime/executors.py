@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 
 from .shard import Shard
 
 MAX_RESTARTS = 3  # a shard that keeps dying fails the run after this many restarts (it stays resumable)
 MUTATING = ("ask", "set_state", "tell", "broadcast")  # calls that change agents: replayed after a restart
+SAMPLE_EVERY = 1.0  # seconds between `on_wait` samples while a call runs (the monitor's calls in flight)
 
 
 def layout(plan, shards: int | None, default_shards: int) -> dict[str, list[tuple[int, int]]]:
@@ -36,15 +38,34 @@ class LocalExecutor:
         self.shards = {pop: [Shard(plan_raw, pop, i, a, b, len(rs), options) for i, (a, b) in enumerate(rs)]
                        for pop, rs in ranges.items()}
 
-    def call(self, population: str, method: str, *args, on_done=None) -> list:
+    def call(self, population: str, method: str, *args, on_done=None, on_wait=None) -> list:
         """Call `method` on every shard of `population`; results in shard order.
-        `on_done(shard_index, result)` is told as each shard finishes (for progress)."""
+        `on_done(shard_index, result)` is told as each shard finishes (for progress);
+        `on_wait(unfinished shard indices)` every SAMPLE_EVERY seconds until all have."""
         results = []
-        for i, s in enumerate(self.shards[population]):
-            results.append(getattr(s, method)(*args))
-            if on_done:
-                on_done(i, results[-1])
+        ticking = threading.Event()
+        if on_wait:
+            # The shards run in this thread, one after another: a ticker thread samples them.
+            def tick():
+                while not ticking.wait(SAMPLE_EVERY):
+                    on_wait(list(range(len(results), len(self.shards[population]))))
+            ticker = threading.Thread(target=tick, name="populace-sample", daemon=True)
+            ticker.start()
+        try:
+            for i, s in enumerate(self.shards[population]):
+                result = getattr(s, method)(*args)
+                results.append(result)
+                if on_done:
+                    on_done(i, result)
+        finally:
+            ticking.set()
+            if on_wait:
+                ticker.join()  # no sample may land after the call has returned
         return results
+
+    def sample(self, population: str, indices: list) -> list:
+        """`load()` of the given shards (read from another thread while they work)."""
+        return [self.shards[population][i].load() for i in indices]
 
     def checkpoint_done(self) -> None:
         pass
@@ -77,7 +98,9 @@ class RayExecutor:
         # since that checkpoint and send the failed call again, so no step is lost or done twice.
         restarts = MAX_RESTARTS if (options or {}).get("restartable") else 0
         self.restartable = bool(restarts)
-        remote = ray.remote(num_cpus=0, max_restarts=restarts, max_task_retries=0)(Shard)
+        # The "monitor" group: `load` answers on its own thread while the shard is busy in `ask`.
+        remote = ray.remote(num_cpus=0, max_restarts=restarts, max_task_retries=0,
+                            concurrency_groups={"monitor": 1})(Shard)
         self.journal: dict[str, list] = {pop: [] for pop in ranges}
         self.restarts: list[dict] = []
         # The plan goes inline with each actor's creation (it is a few KB: plans do not grow with
@@ -90,7 +113,7 @@ class RayExecutor:
             self.close()
             raise
 
-    def call(self, population: str, method: str, *args, on_done=None) -> list:
+    def call(self, population: str, method: str, *args, on_done=None, on_wait=None) -> list:
         actors = self.actors[population]
         if len(actors) > 1 and args:
             # Put each argument in the object store once: a step's context can carry a gathered
@@ -105,7 +128,10 @@ class RayExecutor:
         results: list = [None] * len(refs)
         pending = list(refs)
         while pending:
-            ready, pending = self.ray.wait(pending, num_returns=1)
+            ready, pending = self.ray.wait(pending, num_returns=1, timeout=SAMPLE_EVERY if on_wait else None)
+            if not ready:
+                on_wait(sorted(index[ref] for ref in pending))
+                continue
             i = index[ready[0]]
             try:
                 results[i] = self.ray.get(ready[0])
@@ -114,6 +140,19 @@ class RayExecutor:
             if on_done:
                 on_done(i, results[i])
         return results
+
+    def sample(self, population: str, indices: list) -> list:
+        """`load()` of the given shards, answered beside their running call; a shard that does
+        not answer within a second (dead, or restarting) is left out."""
+        refs = [self.actors[population][i].load.options(concurrency_group="monitor").remote() for i in indices]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=1.0)
+        out = []
+        for ref in ready:
+            try:
+                out.append(self.ray.get(ref))
+            except self.ray.exceptions.RayError:
+                continue
+        return out
 
     def _recover(self, population: str, index: int, method: str, args) -> object:
         """Shard `index` died: once Ray has restarted it from the latest checkpoint, replay what

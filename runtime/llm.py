@@ -104,6 +104,7 @@ class LLMModel:
         self.timeout = float(self.settings.get("timeout", 60.0))
         self.cache = cache
         self.replay = replay
+        self.in_flight_now = 0  # requests sent and not yet answered: the monitor samples it mid-step
         key_env = self.settings.get("api_key_env")
         environment = {**os.environ, **(environment or {})}
         self.api_key = environment.get(key_env) if key_env else None
@@ -169,6 +170,14 @@ class LLMModel:
                  "cache_read": 0, "cache_write": 0}
         return text, usage
 
+    async def _counted(self, client, system, messages):
+        """`_send`, counted in `in_flight_now` while the request is out."""
+        self.in_flight_now += 1
+        try:
+            return await self._send(client, system, messages)
+        finally:
+            self.in_flight_now -= 1
+
     # ---------------------------------------------------------------- one agent
     async def _call(self, clients, system, messages, sample: int, log: CallLog, agent: int):
         """Send with retries; the cache answers first and keeps every reply."""
@@ -187,7 +196,7 @@ class LLMModel:
             client = clients[(agent + attempt) % len(clients)]  # several base URLs: spread the load
             began = time.monotonic()
             try:
-                text, usage = await self._send(client, system, messages)
+                text, usage = await self._counted(client, system, messages)
             except Exception as e:  # classified below: retry what can succeed later, fail the rest
                 status = getattr(e, "status_code", None)
                 retryable = status in RETRY_STATUS or status is None and _is_connection_error(e)

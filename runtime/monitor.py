@@ -46,6 +46,20 @@ def fmt_count(n: float | None) -> str:
     return f"{n:.0f}" if n == int(n) else f"{n:.1f}"
 
 
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for size, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= size:
+            return f"{n / size:.1f} {suffix}"
+    return f"{n:.0f} B"
+
+
+def short_node(node: str) -> str:
+    """A Ray node id (56 hex digits) by its first 8, as `ray status` lists it; "local" stays."""
+    return node[:8] if len(node) > 12 else node
+
+
 def fmt_cost(cost: float | None) -> str:
     return "unknown (no price)" if cost is None else f"${cost:,.4f}"
 
@@ -79,6 +93,7 @@ class Page:
         self.step_widgets: dict = {}
         self.metric_charts: dict = {}
         self.shard_widgets: dict = {}
+        self.nodes_drawn: list | None = None
         self.distribution_path = None
         self.persona_pages = None
         self.persona_page = 0
@@ -168,9 +183,10 @@ class Page:
     def _models_card(self) -> None:
         from nicegui import ui
 
-        with self._card("Models", "latency from summary.json when the run has ended"):
+        with self._card("Models", "updated after every ask; calls in flight sampled each second during one"):
             columns = [{"name": k, "label": label, "field": k, "align": "right" if k not in ("model", "provider") else "left"}
-                       for k, label in (("model", "model"), ("provider", "provider"), ("calls", "calls"), ("retries", "retries"),
+                       for k, label in (("model", "model"), ("provider", "provider"), ("in_flight", "in flight"),
+                                        ("calls", "calls"), ("retries", "retries"),
                                         ("failures", "failures"), ("tokens_in", "tokens in"), ("tokens_out", "tokens out"),
                                         ("latency", "latency p50 / p95"), ("cost", "cost"))]
             self.models = ui.table(columns=columns, rows=[], row_key="model").props("flat dense").classes("w-full").mark("models")
@@ -181,6 +197,7 @@ class Page:
         with self._card("Cluster", "shards per population; a bar fills when its shard finishes the current step"):
             self.cluster = ui.column().classes("w-full gap-2").mark("cluster")
             self.executor = ui.label("").classes("text-sm text-slate-600")
+            self.nodes = ui.column().classes("w-full gap-0 text-sm text-slate-600 mono").mark("nodes")
 
     def _errors_card(self) -> None:
         from nicegui import ui
@@ -353,7 +370,8 @@ class Page:
         rows = []
         for m in self.monitor.model_rows():
             latency = "—" if m["latency_p50"] is None else f"{m['latency_p50']:.2f} / {m['latency_p95']:.2f} s"
-            rows.append({"model": m["model"], "provider": m["provider"], "calls": fmt_count(m["calls"]),
+            rows.append({"model": m["model"], "provider": m["provider"], "in_flight": m["in_flight"],
+                         "calls": fmt_count(m["calls"]),
                          "retries": m["retries"], "failures": m["failures"], "tokens_in": fmt_count(m["tokens_in"]),
                          "tokens_out": fmt_count(m["tokens_out"]), "latency": latency, "cost": fmt_cost(m["cost_usd"])})
         self.models.rows = rows
@@ -369,14 +387,16 @@ class Page:
             if widgets is None:
                 with self.cluster:
                     header = ui.label("").classes("text-sm font-medium text-slate-700")
-                    grid = ui.element("div").classes("w-full grid gap-1").style("grid-template-columns: repeat(auto-fill, minmax(5rem, 1fr))")
-                    bars = []
+                    grid = ui.element("div").classes("w-full grid gap-2").style("grid-template-columns: repeat(auto-fill, minmax(11rem, 1fr))")
+                    bars, cells = [], []
                     with grid:
                         for shard in range(min(row["shards"], 64)):
                             with ui.column().classes("gap-0"):
-                                ui.label(f"shard {shard}").classes("text-[10px] text-slate-500 mono")
+                                name = ui.label(f"shard {shard}").classes("text-[10px] text-slate-500 mono")
                                 bars.append(ui.linear_progress(0, show_value=False, size="10px").props("rounded instant-feedback color=teal"))
-                    widgets = self.shard_widgets[row["population"]] = {"header": header, "bars": bars}
+                                where = ui.label("").classes("text-[10px] text-slate-600 mono leading-tight whitespace-pre-line break-words").mark(f"shard:{row['population']}/{shard}")
+                            cells.append((name, where))
+                    widgets = self.shard_widgets[row["population"]] = {"header": header, "bars": bars, "cells": cells}
             done = row["shards_done"] if self.monitor.running else (row["shards"] if state.steps_done else 0)
             restarted = "".join(f" · shard {r['shard']} died and was restarted from checkpoint {r['from_checkpoint']}"
                                 f" ({r['iteration']})" for r in row.get("restarts", []))
@@ -386,6 +406,25 @@ class Page:
             for shard, bar in enumerate(widgets["bars"]):
                 finished = bool(row["shard_agents"][shard]) if shard < len(row["shard_agents"]) else False
                 bar.set_value(1.0 if finished or (not self.monitor.running and state.steps_done) else 0.0)
+            for (name, where), info in zip(widgets["cells"], row["shard_info"]):
+                restarted = info["restarts"]
+                name.set_text(f"shard {info['shard']}" + (f" · restarted ×{restarted}" if restarted else ""))
+                name.classes(replace="text-[10px] mono " + ("text-red-700 font-semibold" if restarted else "text-slate-500"))
+                if "node" in info:
+                    address = " ".join(x for x in (info.get("ip"), info.get("host")) if x)
+                    where.set_text(f"node {short_node(info['node'])} {address}\n{fmt_count(info.get('agents'))} agents\n"
+                                   f"{fmt_bytes(info.get('bytes'))} cols · {fmt_bytes(info.get('rss'))} RSS")
+        nodes = self.monitor.node_rows()
+        if nodes == self.nodes_drawn:
+            return
+        self.nodes_drawn = nodes
+        self.nodes.clear()
+        with self.nodes:
+            for node in nodes:
+                address = " ".join(x for x in (node["ip"], node["host"]) if x)
+                ui.label(f"node {short_node(node['node'])} {address}: {len(node['shards'])} shard(s), "
+                          f"{fmt_count(node['agents'])} agents, {fmt_bytes(node['bytes'])} cols, "
+                          f"{fmt_bytes(node['rss'])} RSS").mark("node")
 
     def _draw_errors(self) -> None:
         errors = self.monitor.errors

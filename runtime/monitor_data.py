@@ -203,7 +203,6 @@ class MonitorState:
     latest_ask: tuple | None = None  # (step id, iteration label) of the last finished ask
     asks: list = field(default_factory=list)  # (step id, iteration, Parquet path) of every finished ask
     record_labels: list = field(default_factory=list)  # x-axis label of each record event
-    restarts: list = field(default_factory=list)  # shard_restarted events: a dead shard brought back
 
     def __post_init__(self):
         self.tail = EventTail(os.path.join(self.run_dir, "events.jsonl"))
@@ -252,8 +251,6 @@ class MonitorState:
         if self.plan is None and kind != "run_started":
             self._load_plan()
         step = e.get("step")
-        if kind == "shard_restarted":
-            self.restarts.append(e)
         if kind == "run_started":
             self.shard_steps = {pop: [0] * n for pop, n in e.get("shards", {}).items()}
             self.shard_progress = {pop: [0] * n for pop, n in e.get("shards", {}).items()}
@@ -441,20 +438,28 @@ class MonitorState:
         return {"agents": self.state.agents_done / now, "calls": self.state.calls / now}
 
     def model_rows(self) -> list[dict]:
+        """Per model: calls in flight (sampled during an ask), calls, retries, failures, tokens,
+        latency p50/p95 and cost. Live from `models` events (after every ask); summary.json's
+        latency (over every call, not only the most recent) once the run has ended. Runs written
+        before `models` events existed count retries and failures from their (capped) events."""
         models = (self.plan or {}).get("models", {})
         summary_models = (self.summary or {}).get("models", {})
-        names = sorted(set(self.state.by_model) | set(self.retries) | set(self.failures))
+        state = self.state
+        names = sorted(set(state.by_model) | set(self.retries) | set(self.failures) | set(state.in_flight))
         rows = []
         for name in names:
-            counts = self.state.by_model.get(name, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
+            counts = state.by_model.get(name, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
+            final = summary_models.get(name, {})
             model = models.get(name, {})
             rows.append({
                 "model": name, "provider": model.get("provider", ""),
-                "calls": counts["calls"], "retries": self.retries.get(name, 0), "failures": self.failures.get(name, 0),
-                "tokens_in": counts["tokens_in"], "tokens_out": counts["tokens_out"],
-                "latency_p50": summary_models.get(name, {}).get("latency_p50_s"),
-                "latency_p95": summary_models.get(name, {}).get("latency_p95_s"),
-                "cost_usd": model_cost(model, counts),
+                "in_flight": state.in_flight.get(name, 0) if state.status in ("running", "paused") else 0,
+                "calls": counts.get("calls", 0), "retries": counts.get("retries", self.retries.get(name, 0)),
+                "failures": counts.get("failures", self.failures.get(name, 0)),
+                "tokens_in": counts.get("tokens_in", 0), "tokens_out": counts.get("tokens_out", 0),
+                "latency_p50": final.get("latency_p50_s", counts.get("latency_p50_s")),
+                "latency_p95": final.get("latency_p95_s", counts.get("latency_p95_s")),
+                "cost_usd": counts["cost_usd"] if "cost_usd" in counts else model_cost(model, counts),
             })
         return rows
 
@@ -463,15 +468,36 @@ class MonitorState:
         return None if any(c is None for c in costs) else sum(costs)
 
     def cluster_rows(self) -> list[dict]:
+        """Per population: its shards' progress in the current step and, per shard (from the latest
+        `shards` event), the node it runs on, its agents, bytes and process RSS, and its restarts."""
         rows = []
         for pop, count in sorted(self.state.shards.items()):
             progress = self.shard_progress.get(pop, [])
             active = self.running and self._index.get(self.running, {}) and self.state.current.startswith(self.running)
+            restarts = [r for r in self.state.restarts if r.get("population") == pop]
+            info = {s.get("shard"): s for s in self.state.shard_info.get(pop, [])}
+            shards = [dict(info.get(i, {}), shard=i, restarts=sum(1 for r in restarts if r.get("shard") == i))
+                      for i in range(count)]
             rows.append({"population": pop, "agents": self.state.agents.get(pop, 0), "shards": count,
                          "shards_done": sum(1 for p in progress if p), "shard_agents": list(progress),
                          "shard_steps": list(self.shard_steps.get(pop, [])), "in_step": bool(active),
-                         "restarts": [r for r in self.restarts if r["population"] == pop]})
+                         "restarts": restarts, "shard_info": shards})
         return rows
+
+    def node_rows(self) -> list[dict]:
+        """The machines: per Ray node (or "local"), its address, host, shards, agents and bytes."""
+        nodes: dict = {}
+        for pop, shards in sorted(self.state.shard_info.items()):
+            for s in shards:
+                node = nodes.setdefault(s.get("node", "?"), {"node": s.get("node", "?"), "ip": s.get("ip", ""),
+                                                             "host": s.get("host", ""), "shards": [], "agents": 0,
+                                                             "bytes": 0, "rss": {}})
+                node["shards"].append(f"{pop}/{s.get('shard')}")
+                node["agents"] += s.get("agents") or 0
+                node["bytes"] += s.get("bytes") or 0
+                if s.get("rss") is not None:
+                    node["rss"][s.get("pid")] = s["rss"]  # shards sharing a process share its RSS
+        return [dict(n, rss=sum(n["rss"].values()) if n["rss"] else None) for n in nodes.values()]
 
     def metric_series(self) -> dict:
         """Every numeric recorded value, by name: (x labels, values), one point per executed record."""

@@ -63,6 +63,7 @@ class Shard:
         self._interned: dict = {}
         self._derived: dict = {}  # group keys and adjacency rows: rebuilt from the seed, never saved
         self.restarted_from = None
+        self._where = None  # node and host, found on the first info() (a restart is a new process)
         if self.options.get("checkpoints") and _reconstructed():
             # Ray brought this shard back after its process died: reload the latest checkpoint,
             # which was taken just before the step whose call Ray is about to send again.
@@ -85,6 +86,23 @@ class Shard:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def info(self) -> dict:
+        """Where this shard runs and what it holds, for the monitor's cluster panel (cheap: no scan).
+
+        `bytes` counts the numpy arrays' own buffers (an object column counts its pointers, not the
+        strings they point at); `rss` is the whole process's resident memory, which counts those too.
+        """
+        if self._where is None:
+            self._where = _where()
+        arrays = [*self.columns.values(), *self.mem_text, self.mem_chars, self.mem_count, self.ids]
+        return dict(self._where, shard=self.index, agents=len(self.ids), pid=os.getpid(),
+                    bytes=int(sum(np.asarray(a).nbytes for a in arrays)), rss=_rss())
+
+    def load(self) -> dict:
+        """Model requests being sent right now, per model: sampled by the driver while an ask runs
+        (in a Ray actor through its own concurrency group, so it answers while `ask` is busy)."""
+        return {name: model.in_flight_now for name, model in self.models.items() if hasattr(model, "in_flight_now")}
 
     def take_restart(self):
         """The checkpoint this shard was restarted from (once), or None: the driver makes it an event."""
@@ -475,6 +493,28 @@ class Shard:
                         seen.add(id(x))
                         total += sys.getsizeof(x)
         return total
+
+
+def _where() -> dict:
+    """The Ray node (id, IP) this process runs on inside a Ray actor; "local" for the local executor."""
+    import socket
+
+    where = {"node": "local", "ip": "", "host": socket.gethostname()}
+    ray = sys.modules.get("ray")  # never import Ray here: the local executor does without it
+    if ray is not None and ray.is_initialized():
+        context = ray.get_runtime_context()
+        if context.get_actor_id() is not None:
+            where["node"], where["ip"] = context.get_node_id(), ray.util.get_node_ip_address()
+    return where
+
+
+def _rss() -> int | None:
+    """This process's resident memory in bytes (Linux: /proc/self/statm, one small read), else None."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _reconstructed() -> bool:

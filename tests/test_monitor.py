@@ -13,6 +13,7 @@ import pytest
 
 from populace.compiler import compile_file
 from populace.compiler.plan import plan_from_dict
+from populace.runtime.events import RunState
 from populace.runtime.monitor_auth import COOKIE, TokenGate, exposed
 from populace.runtime.monitor_data import (
     EventTail, FilterError, MonitorState, PersonaPages, distribution, find_agent, persona_files,
@@ -73,9 +74,17 @@ def test_models_cluster_and_rates(run_dir):
     [model] = monitor.model_rows()
     assert model["model"] == "level_k" and model["calls"] == 600 and model["cost_usd"] == 0.0
     assert monitor.cost() == 0.0
+    assert model["in_flight"] == 0 and model["retries"] == model["failures"] == 0
     [cluster] = monitor.cluster_rows()
     assert cluster["population"] == "players" and cluster["shards"] == 2 and cluster["shard_steps"] == [3, 3]
     assert sum(cluster["shard_agents"]) == 200
+    # where each shard runs and what it holds, from the `shards` events (local executor: one process)
+    first, second = cluster["shard_info"]
+    assert first["node"] == second["node"] == "local" and first["agents"] == second["agents"] == 100
+    assert first["bytes"] > 100 * 8 and first["rss"] > 10 * 2**20 and first["restarts"] == 0
+    [node] = monitor.node_rows()
+    assert node["node"] == "local" and node["shards"] == ["players/0", "players/1"] and node["agents"] == 200
+    assert node["rss"] == first["rss"]  # two shards in one process: its RSS is counted once
     assert len(monitor.throughput) == 3 and monitor.rates()["agents"] > 0
 
 
@@ -164,6 +173,96 @@ def test_errors_point_at_the_scenario_line(run_dir, tmp_path):
     statuses = {r["id"]: r["status"] for r in monitor.step_rows()}
     assert statuses["step:let.target"] == "failed" and statuses["step:repeat.round"] == "failed"
     assert statuses["step:ask.guess"] == "done" and statuses["step:record"] == "not run"
+
+
+NODE_A, NODE_B = "a1b2c3d4" + "0" * 48, "e5f6a7b8" + "1" * 48  # Ray node ids: 56 hex digits
+
+
+def shard_info(shard: int, node: str, ip: str, rss: int = 300 << 20) -> dict:
+    return {"shard": shard, "node": node, "ip": ip, "host": f"host-{ip[-1]}", "pid": 100 + shard, "agents": 100,
+            "bytes": 14_400, "rss": rss}
+
+
+def live_events() -> list[list[dict]]:
+    """A ray run of the flagship on claude, in three moments: mid-ask, after the ask, after a restart."""
+    claude = {"calls": 100, "tokens_in": 5_000, "tokens_out": 100, "retries": 3, "failures": 1, "reasks": 0,
+              "cache_hits": 0, "cache_read": 0, "cache_write": 0, "latency_p50_s": 0.42, "latency_p95_s": 1.37,
+              "cost_usd": 0.0123}
+    mid_ask = [
+        {"type": "run_started", "t": 0, "scenario": "guess_two_thirds", "plan_hash": "h", "executor": "ray",
+         "shards": {"players": 2}, "agents": {"players": 200}},
+        {"type": "shards", "t": 0.01, "population": "players",
+         "shards": [shard_info(0, NODE_A, "10.0.0.1"), shard_info(1, NODE_A, "10.0.0.1")]},
+        {"type": "step_started", "t": 0.1, "step": "step:ask.guess", "iteration": "[round=1]", "op": "ask",
+         "population": "players", "agents": 200},
+        {"type": "calls_in_flight", "t": 1.1, "step": "step:ask.guess", "iteration": "[round=1]",
+         "models": {"claude": 37}, "shards": 2},
+    ]
+    after_ask = [
+        {"type": "shard_finished", "t": 1.5, "step": "step:ask.guess", "iteration": "[round=1]", "population": "players",
+         "shard": 0, "agents_done": 100, "agents_total": 200, "errors": 0},
+        {"type": "step_finished", "t": 2.0, "step": "step:ask.guess", "iteration": "[round=1]", "op": "ask",
+         "population": "players", "seconds": 1.9, "agents": 200, "calls": 100, "errors": 1, "tokens_in": 5_000,
+         "tokens_out": 100, "by_model": {"claude": [100, 5_000, 100]}},
+        {"type": "models", "t": 2.0, "models": {"claude": claude}},
+        {"type": "shards", "t": 2.0, "population": "players",
+         "shards": [shard_info(0, NODE_A, "10.0.0.1", 350 << 20), shard_info(1, NODE_A, "10.0.0.1", 360 << 20)]},
+    ]
+    restarted = [
+        {"type": "step_started", "t": 2.1, "step": "step:ask.guess", "iteration": "[round=2]", "op": "ask",
+         "population": "players", "agents": 200},
+        {"type": "shard_restarted", "t": 3.0, "population": "players", "shard": 1, "from_checkpoint": "000002",
+         "replayed": 0, "step": "step:ask.guess", "iteration": "[round=2]"},
+        {"type": "shards", "t": 3.0, "population": "players",
+         "shards": [shard_info(0, NODE_A, "10.0.0.1"), shard_info(1, NODE_B, "10.0.0.2", 120 << 20)]},
+    ]
+    return [mid_ask, after_ask, restarted]
+
+
+def test_the_fold_keeps_live_models_shards_and_restarts():
+    mid_ask, after_ask, restarted = live_events()
+    state = RunState.from_events(mid_ask)
+    assert state.in_flight == {"claude": 37} and state.by_model == {}
+    assert [s["node"] for s in state.shard_info["players"]] == [NODE_A, NODE_A]
+    for e in after_ask:
+        state.apply(e)
+    # step_finished adds its counts; the `models` event then replaces them with the run's totals (not doubled)
+    assert state.by_model["claude"]["calls"] == 100 and state.calls == 100
+    assert state.by_model["claude"]["latency_p95_s"] == 1.37 and state.by_model["claude"]["retries"] == 3
+    assert state.in_flight == {}  # nothing is out between steps
+    assert state.shard_info["players"][1]["rss"] == 360 << 20
+    for e in restarted:
+        state.apply(e)
+    assert [r["shard"] for r in state.restarts] == [1]
+    assert [s["node"] for s in state.shard_info["players"]] == [NODE_A, NODE_B]
+    # damaged events add nothing and raise nothing
+    for damaged in ({"type": "models", "models": 3}, {"type": "shards"}, {"type": "shards", "population": "players",
+                    "shards": "all"}, {"type": "calls_in_flight"}):
+        state.apply(damaged)
+    assert state.by_model["claude"]["calls"] == 100 and len(state.shard_info["players"]) == 2
+    assert state.in_flight == {}
+
+
+def test_models_and_cluster_rows_during_a_run(run_dir, tmp_path):
+    shutil.copy(run_dir / "plan.json", tmp_path / "plan.json")
+    mid_ask, after_ask, restarted = live_events()
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(e) + "\n" for e in mid_ask))
+    monitor = monitor_of(tmp_path)
+    [claude] = monitor.model_rows()
+    assert claude["in_flight"] == 37 and claude["calls"] == 0 and claude["latency_p50"] is None
+    with open(events, "a") as f:
+        f.writelines(json.dumps(e) + "\n" for e in after_ask + restarted)
+    monitor.poll()
+    [claude] = monitor.model_rows()
+    assert (claude["in_flight"], claude["calls"], claude["retries"], claude["failures"]) == (0, 100, 3, 1)
+    assert (claude["latency_p50"], claude["latency_p95"], claude["cost_usd"]) == (0.42, 1.37, 0.0123)
+    assert monitor.cost() == 0.0123
+    [cluster] = monitor.cluster_rows()
+    assert [s["restarts"] for s in cluster["shard_info"]] == [0, 1]
+    nodes = monitor.node_rows()
+    assert [(n["node"], n["ip"], n["shards"]) for n in nodes] == [(NODE_A, "10.0.0.1", ["players/0"]),
+                                                                  (NODE_B, "10.0.0.2", ["players/1"])]
 
 
 def test_event_tail_on_a_missing_file(tmp_path):
@@ -281,6 +380,53 @@ async def test_page_controls_write_control_json(page_user, run_dir, tmp_path):
         assert json.loads((tmp_path / "control.json").read_text())["action"] == "resume"
         user.find(marker="stop").click()
         assert json.loads((tmp_path / "control.json").read_text())["action"] == "stop"
+
+
+async def _until(check, seconds: float = 5.0) -> None:
+    """Wait for the page's next polls (every 0.5 s) until `check()` holds."""
+    for _ in range(int(seconds / 0.1)):
+        if check():
+            return
+        await asyncio.sleep(0.1)
+    assert check()
+
+
+@pytest.mark.asyncio
+async def test_page_shows_models_and_cluster_live(page_user, run_dir, tmp_path, caplog):
+    shutil.copy(run_dir / "plan.json", tmp_path / "plan.json")
+    mid_ask, after_ask, restarted = live_events()
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(json.dumps(e) + "\n" for e in mid_ask))
+    async with page_user(tmp_path) as user:
+        await user.open("/")
+        assert _value(user, "status").text == "running"
+        models = _value(user, "models")
+        [row] = models.rows
+        assert row["model"] == "claude" and row["in_flight"] == 37 and row["latency"] == "—"
+        shard = _value(user, "shard:players/1")
+        assert shard.text == "node a1b2c3d4 10.0.0.1 host-1\n100 agents\n14.1 KiB cols · 300.0 MiB RSS"
+        await user.should_see("executor: ray")
+        # the ask ends: totals, retries, failures, latency and cost arrive with its `models` event
+        with open(events, "a") as f:
+            f.writelines(json.dumps(e) + "\n" for e in after_ask)
+        await _until(lambda: models.rows[0]["calls"] == "100")
+        [row] = models.rows
+        assert (row["in_flight"], row["retries"], row["failures"]) == (0, 3, 1)
+        assert row["latency"] == "0.42 / 1.37 s" and row["cost"] == "$0.0123"
+        assert _value(user, "stat-cost").text == "$0.0123"
+        assert shard.text.endswith("360.0 MiB RSS")
+        # shard 1's worker dies and comes back on another node
+        with open(events, "a") as f:
+            f.writelines(json.dumps(e) + "\n" for e in restarted)
+        await _until(lambda: shard.text.startswith("node e5f6a7b8"))
+        assert shard.text.startswith("node e5f6a7b8 10.0.0.2 host-2\n")
+        await user.should_see("shard 1 · restarted ×1")
+        await user.should_see("shard 1 died and was restarted from checkpoint 000002")
+        await _until(lambda: len(user.find(marker="node").elements) == 2)
+        nodes = sorted(e.text for e in user.find(marker="node").elements)
+        assert nodes == ["node a1b2c3d4 10.0.0.1 host-1: 1 shard(s), 100 agents, 14.1 KiB cols, 300.0 MiB RSS",
+                         "node e5f6a7b8 10.0.0.2 host-2: 1 shard(s), 100 agents, 14.1 KiB cols, 120.0 MiB RSS"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 @pytest.mark.asyncio
