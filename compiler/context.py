@@ -38,6 +38,7 @@ class Context:
     groups: dict[str, dict] = field(default_factory=dict)
     environments: dict[str, dict] = field(default_factory=dict)
     env_fields: dict[str, dict[str, Ty]] = field(default_factory=dict)
+    extension_kinds: dict[str, object] = field(default_factory=dict)  # kind -> extensions.KindSpec
     workflow: list = field(default_factory=list)
     plan: dict = field(default_factory=dict)
     step_ids: dict[str, int] = field(default_factory=dict)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from populace.dsl import nodes as n
 from populace.dsl.diagnostics import did_you_mean
 
-from .types import ANY, INT, NONE, STR, Ty, describe, list_of
+from .types import ANY, BOOL, FLOAT, INT, NONE, STR, Ty, assignable, describe, list_of
 
 GENERATORS = {
     "small_world": {"k": int, "p": float},
@@ -38,13 +38,17 @@ def lower_kind(ctx, decl: n.EnvironmentDecl) -> dict:
 
     kind = decl.kind or "board"
     span = decl.kind_span or decl.span
-    if kind not in KINDS:
-        ctx.error("E1030", span, f"unknown environment kind `{kind}`",
-                  hint=did_you_mean(kind, KINDS) or f"kinds: {', '.join(sorted(KINDS))}")
-        return {"kind": "board", "params": {}}
-    spec = KINDS[kind]
+    extension = None
+    if kind in KINDS:
+        spec = KINDS[kind]
+        positional = list(_POSITIONAL.get(kind, ()))
+    else:
+        extension = find_extension(ctx, kind, span)
+        if extension is None:
+            return {"kind": "board", "params": {}}
+        spec = {k: (p.type, p.required, p.default) for k, p in extension.params.items()}
+        positional = list(spec)  # a Python kind's parameters may be given in declaration order
     given: dict[str, n.Arg] = {}
-    positional = list(_POSITIONAL.get(kind, ()))
     for arg in decl.kind_args:
         if arg.key is not None:
             ctx.error("E1030", arg.span, "environment parameters are written name = value")
@@ -66,6 +70,8 @@ def lower_kind(ctx, decl: n.EnvironmentDecl) -> dict:
             ctx.error("E1001", arg.span, f"parameter `{name}` is given twice")
         given[name] = arg
     out: dict = {"kind": kind, "params": {}}
+    if extension is not None:
+        out = {"kind": "python", "params": {}, "extension": {"kind": kind, "class": extension.target}}
     for name, (typ, required, default) in spec.items():
         arg = given.get(name)
         if arg is None:
@@ -87,11 +93,48 @@ def lower_kind(ctx, decl: n.EnvironmentDecl) -> dict:
             if "lit" not in ir or not _fits(ir["lit"], typ):
                 ctx.error("E1030", arg.value.span, f"`{name}` must be a constant {typ.__name__}")
                 continue
-            out["params"][name] = ir["lit"]
+            if extension is not None and not _in_range(ctx, arg.value.span, name, ir["lit"], extension.params[name]):
+                continue
+            out["params"][name] = float(ir["lit"]) if typ is float else ir["lit"]
     if kind == "network" and "generator" not in out["params"] and "edges" not in out["params"]:
         ctx.error("E1030", span, "a network needs a generator or an edge list",
                   hint="e.g. network(people, small_world(k = 10, p = 0.1)) or network(people, edges = \"edges.csv\")")
     return out
+
+
+def find_extension(ctx, kind: str, span):
+    """The Python kind `kind` from the scenario's extensions or an installed entry point, or None (reported)."""
+    from .extensions import ExtensionError, entry_point_kind
+
+    spec = ctx.extension_kinds.get(kind)
+    if spec is not None:
+        return spec
+    try:
+        spec = entry_point_kind(kind)
+    except ExtensionError as e:
+        ctx.error("E1030", span, str(e), hint="reinstall or fix the package that offers it")
+        return None
+    if spec is None:
+        known = sorted(KINDS) + sorted(ctx.extension_kinds)
+        ctx.error("E1030", span, f"unknown environment kind `{kind}`",
+                  hint=did_you_mean(kind, known) or f"kinds: {', '.join(known)}; Python kinds come from the "
+                  "scenario's `extensions` or installed packages (docs/extensions.md)")
+        return None
+    ctx.extension_kinds[kind] = spec
+    return spec
+
+
+def _in_range(ctx, span, name: str, value, p) -> bool:
+    """A Python kind's declared choices and bounds."""
+    if p.choices and value not in p.choices:
+        ctx.error("E1030", span, f"`{name}` must be one of {', '.join(map(repr, p.choices))}",
+                  hint=did_you_mean(str(value), [str(c) for c in p.choices]))
+        return False
+    if (p.low is not None and value < p.low) or (p.high is not None and value > p.high):
+        bounds = f"{'' if p.low is None else p.low}..{'' if p.high is None else p.high}"
+        ctx.error("E1030", span, f"`{name}` must be in {bounds}, not {value}")
+        return False
+    return True
 
 
 def _fits(value, typ) -> bool:
@@ -140,34 +183,86 @@ METHODS: dict[str, dict[str, tuple]] = {
     "network": {"degree": ((), INT)},
     "board": {},
 }
+STATEMENTS = {("chatroom", "post"), ("grid", "move")}  # the built-in methods that are statements
+PER_AGENT = {("network", "degree")}  # the built-in methods that give one value per agent
 
 
-def method_type(checker, e: n.Call, env: str, kind: str, method: str):
-    """Type and plan expression of `env.method(args)`."""
-    methods = METHODS.get(kind, {})
+def python_type(t) -> Ty:
+    """The compiler type of an extension's declared python type (int, float, str, bool, list[...])."""
+    if getattr(t, "__origin__", None) is list:
+        return list_of(python_type(t.__args__[0]))
+    return {int: INT, float: FLOAT, str: STR, bool: BOOL}[t]
+
+
+def methods_of(ctx, env: str) -> dict[str, tuple]:
+    """env's methods: name -> (argument kinds, result type, statement?, per agent?)."""
+    info = ctx.environments[env]
+    kind = info["kind"]
+    if kind != "python":
+        return {m: (args, result, (kind, m) in STATEMENTS, (kind, m) in PER_AGENT)
+                for m, (args, result) in METHODS.get(kind, {}).items()}
+    from .extensions import Each
+
+    spec = ctx.extension_kinds[info["extension"]["kind"]]
+    out = {}
+    for name, m in spec.methods.items():
+        args = tuple(f"column:{python_type(a.type).kind}" if isinstance(a, Each) else python_type(a) for a in m.args)
+        out[name] = (args, NONE if m.role == "action" else python_type(m.returns), m.role == "action", m.per_agent)
+    return out
+
+
+def method_type(checker, e: n.Call, env: str, kind: str, method: str, statement: bool = False):
+    """Type and plan expression of `env.method(args)` (`statement`: written as a workflow statement)."""
+    methods = methods_of(checker.ctx, env)
+    shown = checker.ctx.environments[env].get("extension", {}).get("kind", kind)
     if method not in methods:
-        checker.ctx.error("E1013", e.func.span, f"a {kind} has no method `{method}`",
-                          hint=did_you_mean(method, methods) or (f"methods: {', '.join(methods)}" if methods else f"a {kind} has no methods"))
+        checker.ctx.error("E1013", e.func.span, f"a {shown} has no method `{method}`",
+                          hint=did_you_mean(method, methods) or (f"methods: {', '.join(methods)}" if methods else f"a {shown} has no methods"))
         return ANY, {"lit": None}
-    arg_kinds, result = methods[method]
+    arg_kinds, result, is_statement, per_agent = methods[method]
+    if is_statement and not statement:
+        checker.ctx.error("E1013", e.span, f"`{env}.{method}(...)` is a statement, not a value",
+                          hint=f"write it on a line of its own in the workflow: {env}.{method}(...)")
+        return ANY, {"lit": None}
+    if statement and not is_statement:
+        checker.ctx.error("E1013", e.span, f"`{env}.{method}(...)` gives a value; it is not a statement",
+                          hint=f"use it in an expression or a prompt, e.g. record x = {env}.{method}(...)")
+        return ANY, {"lit": None}
     if len(e.args) != len(arg_kinds):
         checker.ctx.error("E1014", e.span, f"{env}.{method} takes {len(arg_kinds)} argument(s), not {len(e.args)}")
         return ANY, {"lit": None}
+    pop = checker.ctx.environments[env].get("population")
     irs = []
     for arg, want in zip(e.args, arg_kinds):
         ty, ir = checker.expr(arg.value)
-        if want.startswith("column:"):
-            if not ty.per_agent or ty.kind not in ("str", "enum", "any"):
-                checker.ctx.error("E1010", arg.span, f"{env}.{method} takes one text per agent, not {describe(ty)}",
-                                  hint="e.g. the output of an ask: players.post")
-        elif ty.per_agent or ty.kind not in (want, "any"):
-            checker.ctx.error("E1010", arg.span, f"{env}.{method} takes {want}, not {ty}")
+        if isinstance(want, str) and want.startswith("column:"):
+            kind_wanted = want.split(":", 1)[1]
+            ok_kinds = ("str", "enum", "any") if kind_wanted == "str" else \
+                (("int", "float", "bool", "any") if kind_wanted == "float" else (kind_wanted, "any"))
+            if not ty.per_agent or ty.kind not in ok_kinds:
+                checker.ctx.error("E1010", arg.span, f"{env}.{method} takes one {kind_wanted} per agent, not {describe(ty)}",
+                                  hint=f"e.g. an ask's output or a state field: {pop or 'people'}.answer")
+        else:
+            want_ty = want if isinstance(want, Ty) else Ty(want)
+            if ty.per_agent:
+                checker.ctx.error("E1010", arg.span, f"{env}.{method} takes one {describe(want_ty)} for everyone, not {describe(ty)}",
+                                  hint="aggregate it first, e.g. mean(players.x)")
+            elif ty.kind != "any" and not assignable(want_ty, ty):
+                checker.ctx.error("E1010", arg.span, f"{env}.{method} takes {describe(want_ty)}, not {describe(ty)}")
         irs.append(ir)
-    per_agent = kind == "network" and method == "degree"
+    ir = {"method": method, "env": env, "args": irs}
+    if per_agent and checker.scope.kind != "agent":
+        checker.ctx.error("E1010", e.span, f"{env}.{method}() is one value per agent, not one value here",
+                          hint=f"use it in a prompt, a `where` or a state update ({pop or 'people'}.x = {env}.{method}()), "
+                          "then aggregate the field")
+        return ANY, {"lit": None}
     if per_agent:
-        return (INT.column(checker.scope.pop) if checker.scope.kind == "agent" else INT), \
-            {"method": method, "env": env, "args": irs}
-    return result, {"method": method, "env": env, "args": irs}
+        if kind == "python" and checker.scope.kind == "agent" and pop and checker.scope.pop != pop:
+            checker.ctx.error("E1010", e.span, f"{env}.{method}() is one value per `{pop}` agent; "
+                              f"here the agents are `{checker.scope.pop}`")
+            return ANY, {"lit": None}
+        return (result.column(checker.scope.pop) if checker.scope.kind == "agent" else result), ir
+    return result, ir
 
 
-__all__ = ["KINDS", "GENERATORS", "METHODS", "lower_kind", "method_type", "Ty"]
+__all__ = ["KINDS", "GENERATORS", "METHODS", "STATEMENTS", "lower_kind", "method_type", "methods_of", "Ty"]

@@ -571,13 +571,13 @@ class Checker:
             return 0
         return ir["lit"]
 
-    def _env_method(self, e: n.Call):
+    def _env_method(self, e: n.Call, statement: bool = False):
         env = e.func.value.id
         method = e.func.attr
         kind = self.ctx.environments[env]["kind"]
         from .environments import method_type
 
-        return method_type(self, e, env, kind, method)
+        return method_type(self, e, env, kind, method, statement)
 
 
 def _source(e: n.Expr) -> str:

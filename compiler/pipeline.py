@@ -16,24 +16,33 @@ from populace.dsl.load import Program
 from .context import Context, span_json
 from .declarations import (check_agent_prompts, check_agents, check_environments, check_groups, check_models,
                            check_personas, check_populations, collect_symbols, constant, resolve_params)
-from .plan import PLAN_VERSION, canonical_bytes, validate_plan
+from .plan import canonical_bytes, needed_version, validate_plan
 from .workflow import check_workflow
 
-SCENARIO_SETTINGS = {"seed": int, "description": str, "checkpoint_every": int}
+SCENARIO_SETTINGS = {"seed": int, "description": str, "checkpoint_every": int, "extensions": list}
 MAX_AGENTS_PER_SHARD = 250_000
 
 
 def check_scenario(ctx: Context) -> None:
-    """Read the scenario block's settings: seed, description, checkpoint_every."""
+    """Read the scenario block's settings: seed, description, checkpoint_every, extensions."""
     settings: dict = {"seed": 0, "checkpoint_every": 1}
     decl = ctx.scenario
     for s in decl.settings if decl else ():
         if s.name not in SCENARIO_SETTINGS:
             ctx.error("E1041", s.name_span, f"the scenario block has no setting `{s.name}`",
-                      hint=did_you_mean(s.name, SCENARIO_SETTINGS) or "settings: seed, description, checkpoint_every; and param NAME = DEFAULT")
+                      hint=did_you_mean(s.name, SCENARIO_SETTINGS) or "settings: seed, description, checkpoint_every, extensions; and param NAME = DEFAULT")
             continue
         _, value, ok = constant(ctx, s.value, f"`{s.name}`")
         want = SCENARIO_SETTINGS[s.name]
+        if ok and want is list:
+            if not value or not all(isinstance(v, str) and _is_module_name(v) for v in value):
+                ctx.error("E1041", s.value.span, "`extensions` is a list of Python module names",
+                          hint='e.g. extensions = ["market"] for market.py next to the scenario')
+                continue
+            settings[s.name] = list(value)
+            items = s.value.items if isinstance(s.value, n.ListLit) and len(s.value.items) == len(value) else ()
+            load_extensions(ctx, list(value), [i.span for i in items] or [s.value.span] * len(value))
+            continue
         if ok and (not isinstance(value, want) or isinstance(value, bool)):
             ctx.error("E1041", s.value.span, f"`{s.name}` must be {'a whole number' if want is int else 'text'}")
             continue
@@ -43,6 +52,33 @@ def check_scenario(ctx: Context) -> None:
         if ok:
             settings[s.name] = value
     ctx.plan["settings"] = settings
+
+
+def _is_module_name(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
+
+
+def load_extensions(ctx: Context, modules: list[str], spans: list) -> None:
+    """Import the scenario's extension modules (its folder first on the path) and note their kinds."""
+    from .extensions import ExtensionError, module_kinds
+
+    path = ctx.program.root.path
+    folder = os.path.dirname(os.path.abspath(path)) if path and os.path.exists(path) else None
+    for module, span in zip(modules, spans):
+        try:
+            kinds = module_kinds(module, folder)
+        except ExtensionError as e:
+            ctx.error("E1042", span, str(e), hint="a Python file next to the scenario (market.py for \"market\"), "
+                      "or an installed module")
+            continue
+        if not kinds:
+            ctx.error("E1042", span, f"`{module}` has no class marked @environment_kind",
+                      hint="from populace.runtime import environment_kind, then @environment_kind(\"name\") on a class")
+        for kind, spec in kinds.items():
+            if kind in ctx.extension_kinds and ctx.extension_kinds[kind].target != spec.target:
+                ctx.error("E1042", span, f"two extensions name the kind `{kind}`: "
+                          f"{ctx.extension_kinds[kind].target} and {spec.target}")
+            ctx.extension_kinds[kind] = spec
 
 
 def assign_shards(ctx: Context) -> None:
@@ -94,7 +130,7 @@ def assemble(ctx: Context) -> dict:
     name = ctx.scenario.name if ctx.scenario else os.path.splitext(os.path.basename(root.path))[0]
     settings = ctx.plan["settings"]
     plan = {
-        "plan_version": PLAN_VERSION,
+        "plan_version": "",  # below: the oldest version that has every feature used
         "scenario": {
             "name": name,
             "source": root.path,
@@ -112,6 +148,7 @@ def assemble(ctx: Context) -> dict:
         "environments": ctx.environments,
         "workflow": ctx.plan.get("workflow", []),
     }
+    plan["plan_version"] = needed_version(plan)
     plan["plan_hash"] = hashlib.sha256(canonical_bytes(plan)).hexdigest()
     return plan
 

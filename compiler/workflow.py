@@ -291,7 +291,7 @@ class _Lowering:
         env = self.ctx.environments[call.func.value.id]
         pop = env.get("population") or env.get("params", {}).get("members") or env.get("members")
         checker = self.agent(pop, variables) if pop else self.driver(variables)
-        ty, ir = checker.expr(call)
+        ty, ir = checker._env_method(call, statement=True)
         if "method" not in ir:
             return None
         return {"id": self.step_id(f"call.{env['name']}.{call.func.attr}"), "op": "call", "env": env["name"],

@@ -17,7 +17,10 @@ from typing import Callable
 from populace.compiler.plan import Plan, canonical_bytes
 from populace.compiler.plan.evaluate import EvalError, evaluate
 
+from populace.compiler.extensions import Each, ExtensionError
+
 from . import environments, groups
+from .extensions import Extensions
 from .models import OFFLINE_PROVIDERS, ModelError
 from .rundir import RUN_FORMAT, RunDir, iteration_file, populace_version
 from .shard import combine
@@ -67,6 +70,13 @@ def unsupported(plan: Plan, replay: bool = False) -> list[str]:
             problems.append(f"model `{name}` ({model.provider}) needs its API key in the environment variable "
                             f"{key_env}, which is not set")
     problems.extend(environments.check_plan(plan))
+    try:  # a Python kind's module must import, match the plan and start, before anything is spent
+        extensions = Extensions(plan)
+        problems.extend(extensions.problems())
+        for name in extensions.instances:
+            extensions.start(name)
+    except ExtensionError as e:
+        problems.append(str(e))
     return problems
 
 
@@ -79,7 +89,9 @@ class Driver:
         self.listener = listener
         self.should_stop = should_stop or (lambda: False)
         self.started = time.monotonic()
-        self.env = {name: {**environments.initial_values(plan, e), **{f: v["init"] for f, v in e.fields.items()}}
+        self.extensions = Extensions(plan)
+        self.env = {name: {**(self.extensions.start(name) if e.kind == "python" else environments.initial_values(plan, e)),
+                           **{f: v["init"] for f, v in e.fields.items()}}
                     for name, e in plan.environments.items()}
         self.totals = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "errors": 0, "agents": 0, "steps": 0}
         self.by_model: dict = {}
@@ -452,6 +464,8 @@ class Driver:
             new = [t for part in self.executor.call(pop, "texts", step["args"][0], context, keep) for t in part]
             values["posts"] = (list(values.get("posts", [])) + new)[-keep:] if keep else []
             agents = len(new)
+        elif env.kind == "python":
+            agents = self._act(step, variables, context, values)
         elif env.kind == "grid" and step["method"] == "move":
             moves = [m for part in self.executor.call(pop, "column", step["args"][0], context) for m in part.tolist()]
             cells = environments.move(env, np.asarray(values["_positions"], dtype=np.int64), moves)
@@ -463,6 +477,25 @@ class Driver:
         self.totals["steps"] += 1
         self.emit({"type": "step_finished", "step": step["id"], "iteration": label, "op": "call", "population": pop,
                    "agents": agents, "seconds": round(time.monotonic() - began, 4)})
+
+    def _act(self, step, variables, context, values) -> int:
+        """A Python kind's action: per-agent arguments gathered in agent id order, the rest evaluated here."""
+        spec = self.extensions.specs[step["env"]].methods[step["method"]]
+        args, agents = [], 0
+        for arg, kind in zip(step["args"], spec.args):
+            if isinstance(kind, Each):
+                column = [v for part in self.executor.call(step["population"], "column", arg, context) for v in part.tolist()]
+                args.append([None if isinstance(v, float) and v != v else v for v in column])
+                agents = len(column)
+            else:
+                args.append(self.value(arg, variables, step))
+        try:
+            self.env[step["env"]] = self.extensions.act(step["env"], step["method"], values, args)
+        except ExtensionError as e:
+            raise RunFailed(str(e), step) from None
+        except Exception as e:  # the user's method failed: the run stops with their error and our step
+            raise RunFailed(f"{step['env']}.{step['method']}(): {type(e).__name__}: {e}", step) from None
+        return agents
 
     # ---------------------------------------------------------------- shards and aggregates
     def _shard_step(self, step, variables, label, method, exprs, population=None, context=None):
@@ -545,7 +578,8 @@ class Driver:
         for expr in exprs:
             if expr is not None:
                 aggregates.update(self.aggregates(expr, variables))
-        context = {"variables": variables, "env": self.env, "aggregates": aggregates, "seed": self.plan.seed,
+        aggregates.update(self.queries(exprs, variables, step))
+        context = {"variables": variables, "env": self.shared_env(), "aggregates": aggregates, "seed": self.plan.seed,
                    "where": step["id"] + label}
         specs = [spec for expr in exprs if expr is not None for spec in environments.via_specs(expr)]
         if specs:
@@ -569,6 +603,46 @@ class Driver:
                 values[agg_key(spec)] = groups.combine(spec, [parts[i] for parts in per_shard])
         return values
 
+    def shared_env(self) -> dict:
+        """The environment values shards see: a Python kind's state stays here (its queries travel
+        as values, see queries), only its declared fields go out."""
+        return {name: values if self.plan.environments[name].kind != "python"
+                else {f: values[f] for f in self.plan.environments[name].fields}
+                for name, values in self.env.items()}
+
+    def queries(self, exprs, variables, step) -> dict:
+        """Python environment queries inside `exprs`, computed here: agg_key(node) -> value (one
+        value, or a numpy column over the environment's population that shards index by agent id)."""
+        out = {}
+        for node in _walk(exprs):
+            if "method" in node and "id" not in node and self.plan.environments[node["env"]].kind == "python":
+                out[agg_key(node)] = self._query(node, variables, step)
+        return out
+
+    def _method_here(self, node, variables, step):
+        """An environment method's one value, in the driver (`record`, `let`, `if`, env updates)."""
+        env = self.plan.environments[node["env"]]
+        if env.kind == "python":
+            value = self._query(node, variables, step)
+            if isinstance(value, np.ndarray):
+                raise RunFailed(f"{node['env']}.{node['method']}() is one value per agent; store it in a state "
+                                "field first and aggregate that", step)
+            return value
+        if node["method"] == "recent":
+            n = int(self.value(node["args"][0], variables, step))
+            return list(self.env[env.name].get("posts", [])[-n:]) if n > 0 else []
+        raise RunFailed(f"{node['env']}.{node['method']}() is one value per agent here; aggregate it in a prompt "
+                        "or a state update instead", step)
+
+    def _query(self, node, variables, step):
+        args = [self.value(a, variables, step) for a in node["args"]]
+        try:
+            return self.extensions.query(node["env"], node["method"], self.env[node["env"]], args)
+        except ExtensionError as e:
+            raise RunFailed(str(e), step) from None
+        except Exception as e:  # the user's method failed: the run stops with their error and our step
+            raise RunFailed(f"{node['env']}.{node['method']}(): {type(e).__name__}: {e}", step) from None
+
     def aggregates(self, expr, variables) -> dict:
         """Compute every population aggregate inside `expr` with one partials call per population."""
         specs: dict[str, list] = {}
@@ -579,7 +653,8 @@ class Driver:
         for pop, nodes in specs.items():
             unique = {agg_key(n): n for n in nodes}
             ordered = [unique[k] for k in sorted(unique)]
-            context = {"variables": variables, "env": self.env, "aggregates": {}, "seed": self.plan.seed, "where": ""}
+            context = {"variables": variables, "env": self.shared_env(), "aggregates": self.queries(nodes, variables, None),
+                       "seed": self.plan.seed, "where": ""}
             per_shard = self.executor.call(pop, "partials", ordered, context)
             for i, spec in enumerate(ordered):
                 values[agg_key(spec)] = combine(spec, [parts[i] for parts in per_shard])
@@ -591,6 +666,8 @@ class Driver:
         def resolve(node):
             if "var" in node:
                 return variables[node["var"]]
+            if "method" in node:
+                return self._method_here(node, variables, step)
             if "env" in node:
                 return self.env[node["env"]][node["field"]]
             if "agg" in node:

@@ -78,7 +78,7 @@ def check_plan(plan) -> list[str]:
                                 f"`{step['target'].get('group') or step['target'].get('env')}` (`{step['target']['population']}`)")
         if step["op"] == "call":
             kind = plan.environments[step["env"]].kind
-            if (kind, step["method"]) not in (("chatroom", "post"), ("grid", "move")):
+            if kind != "python" and (kind, step["method"]) not in (("chatroom", "post"), ("grid", "move")):
                 problems.append(f"{step['id']}: `{step['env']}.{step['method']}` is not a statement")
     for env in plan.environments.values():
         if env.kind == "network" and env.params.get("generator", {}).get("name") == "complete" \
@@ -173,6 +173,10 @@ def via_aggregate(expr: dict, frame, ctx):
 
 def method_value(expr: dict, frame, ctx, args: list):
     env, method = expr["env"], expr["method"]
+    key = agg_key(expr)
+    if key in ctx.aggregates:  # a Python kind's query, computed by the driver (runtime/extensions.py)
+        value = ctx.aggregates[key]
+        return value[frame.ids] if is_vector(value) else value
     if method == "recent":
         posts = ctx.env[env].get("posts", [])
         n = int(args[0])

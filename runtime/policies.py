@@ -153,3 +153,27 @@ def el_farol(batch) -> np.ndarray:
 
 
 el_farol.populace_batch = True
+
+
+def trader(batch) -> np.ndarray:
+    """Trade one stock (examples/market): "buy", "sell" or "hold", from the loop's `price` and `change`.
+
+    A fundamentalist (persona `style`) buys when the price is below the value it believes in
+    (persona `value`) and sells above it, more surely the larger the gap; a chartist follows the
+    last change. Everyone holds now and then.
+    """
+    n = len(batch.ids)
+    price = float(batch.variables.get("price", 100.0))
+    change = float(batch.variables.get("change", 0.0))
+    value = np.asarray(batch.persona.get("value", np.full(n, price)), dtype=float)
+    chartist = np.asarray(batch.persona.get("style", np.full(n, "fundamentalist", dtype=object)), dtype=object) == "chartist"
+    gap = (value - price) / price  # > 0: cheap
+    conviction = np.where(chartist, 0.6 * np.sign(change), np.clip(gap * 5.0, -1.0, 1.0))
+    u = batch.uniforms("trader.order")
+    out = np.full(n, "hold", dtype=object)
+    out[u < conviction] = "buy"
+    out[u < -conviction] = "sell"
+    return out
+
+
+trader.populace_batch = True

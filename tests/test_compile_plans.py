@@ -16,7 +16,7 @@ from populace.compiler import compile_file
 from populace.compiler.declarations import DISTRIBUTIONS
 from populace.compiler.environments import KINDS
 from populace.compiler.expressions import AGGREGATES
-from populace.compiler.plan import PLAN_VERSION, PlanError, canonical_bytes, load_plan, plan_from_dict, read_plan
+from populace.compiler.plan import PLAN_VERSION, PlanError, canonical_bytes, load_plan, needed_version, plan_from_dict, read_plan
 from populace.compiler.plan.evaluate import BINARY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,7 +72,7 @@ def test_every_plan_validates_against_the_committed_schema(case, in_repo_root):
     plan = json.loads(_compile(case).data)
     errors = list(jsonschema.Draft202012Validator(SCHEMA).iter_errors(plan))
     assert errors == []
-    assert plan["plan_version"] == PLAN_VERSION
+    assert plan["plan_version"] == needed_version(plan)
 
 
 def test_plan_size_and_compile_time_do_not_depend_on_agents_or_rounds(in_repo_root):
@@ -185,4 +185,4 @@ def test_operator_aggregate_distribution_and_kind_lists_match_the_schema():
     assert set(expr["op"]["properties"]["op"]["enum"]) == set(BINARY) | {"and", "or", "not", "neg"}
     assert set(expr["agg"]["properties"]["agg"]["enum"]) == set(AGGREGATES)
     assert set(SCHEMA["$defs"]["dist"]["properties"]["name"]["enum"]) == set(DISTRIBUTIONS) | {"choice", "constant"}
-    assert set(SCHEMA["properties"]["environments"]["additionalProperties"]["properties"]["kind"]["enum"]) == set(KINDS)
+    assert set(SCHEMA["properties"]["environments"]["additionalProperties"]["properties"]["kind"]["enum"]) == set(KINDS) | {"python"}

@@ -16,7 +16,8 @@ from importlib import resources
 import jsonschema
 import referencing
 
-PLAN_VERSION = "1.0"
+PLAN_VERSION = "1.1"  # the newest plan this Populace writes and reads
+BASE_VERSION = "1.0"  # what a plan without 1.1 features says, so older runtimes still run it
 SUPPORTED_MAJOR = 1
 
 
@@ -92,6 +93,23 @@ def validate_plan(plan) -> None:
         raise errors[0]
 
 
+def needed_version(plan: dict) -> str:
+    """The oldest plan version that has every feature `plan` uses (1.1: Python environment kinds)."""
+    envs = plan.get("environments")
+    if isinstance(envs, dict) and any(isinstance(e, dict) and e.get("kind") == "python" for e in envs.values()):
+        return "1.1"
+    scenario = plan.get("scenario")
+    settings = scenario.get("settings") if isinstance(scenario, dict) else None
+    if isinstance(settings, dict) and "extensions" in settings:
+        return "1.1"
+    return BASE_VERSION
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
 def check_version(plan) -> None:
     if not isinstance(plan, dict):
         raise PlanError("a plan is a JSON object", "$")
@@ -102,6 +120,9 @@ def check_version(plan) -> None:
     if major > SUPPORTED_MAJOR:
         raise PlanError(f"this plan has version {version}, newer than this Populace reads ({PLAN_VERSION}); "
                         "upgrade Populace or compile the scenario again", "$.plan_version")
+    if major == SUPPORTED_MAJOR and _version_tuple(needed_version(plan)) > _version_tuple(version):
+        raise PlanError(f"this plan uses Python environment kinds, which need plan version {needed_version(plan)}, "
+                        f"but says {version}", "$.plan_version")
     if major < SUPPORTED_MAJOR:
         raise PlanError(f"plan version {version} is older than {PLAN_VERSION} and has no upgrader; compile the scenario again",
                         "$.plan_version")

@@ -1,0 +1,275 @@
+"""Environment kinds written in Python: the declaration API, the compiler's checks, entry points,
+and real runs of examples/market (local and Ray agree; actions, queries and per-agent queries
+checked against the Parquet files; a resumed run restores the kind's state)."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from populace.compiler import compile_file
+from populace.compiler.extensions import ExtensionError
+from populace.compiler.plan import load_plan, plan_from_dict
+from populace.runtime import action, each, environment_kind, param, query
+from populace.runtime.cli import main
+from populace.runtime.run import run_plan
+
+from test_environments import asks, assert_same_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKET = ROOT / "examples" / "market" / "market.pop"
+
+
+def run(path, tmp_path, name, executor="local", shards=None, overrides=()):
+    plan = plan_from_dict(compile_file(str(path), list(overrides)).plan)
+    run_dir = tmp_path / name
+    summary = run_plan(plan, executor=executor, shards=shards, run_dir=str(run_dir))
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return summary, metrics, run_dir, plan
+
+
+# ------------------------------------------------------------------ the declaration API
+def test_a_kind_declares_typed_params_and_methods():
+    @environment_kind("counter")
+    class Counter:
+        people = param("population")
+        step = param(int, 1, low=1)
+
+        def start(self, agents):
+            return {"n": 0}
+
+        @action()
+        def tick(self, state):
+            state["n"] += self.step
+
+        @action(each(bool))
+        def vote(self, state, votes):
+            pass
+
+        @query(int)
+        def value(self, state):
+            return state["n"]
+
+    spec = Counter.__populace_kind__
+    assert spec.kind == "counter" and spec.target.endswith(":test_a_kind_declares_typed_params_and_methods.<locals>.Counter")
+    assert list(spec.params) == ["people", "step"] and spec.params["step"].default == 1 and spec.population_param == "people"
+    assert {m: spec.methods[m].role for m in spec.methods} == {"tick": "action", "vote": "action", "value": "query"}
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: param(dict), "param type"),
+    (lambda: query(set), "query() takes"),
+    (lambda: environment_kind("2x"), "a name like"),
+    (lambda: environment_kind("k")(type("NoStart", (), {})), "needs `start"),
+    (lambda: environment_kind("k")(type("PerAgent", (), {"start": lambda self, n: {}, "f": query(int, per_agent=True)(lambda self, s: [])})),
+     "need a param(\"population\")"),
+])
+def test_mistakes_in_a_kind_are_said_in_words(build, message):
+    with pytest.raises(ExtensionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build()
+
+
+# ------------------------------------------------------------------ compiling
+def test_the_plan_names_the_class_and_says_version_1_1():
+    plan = json.loads(compile_file(str(MARKET)).data)
+    env = plan["environments"]["exchange"]
+    assert env["kind"] == "python" and env["extension"] == {"kind": "market", "class": "market:Market"}
+    assert env["params"] == {"price": 60.0, "impact": 0.2} and env["population"] == "traders"
+    assert plan["plan_version"] == "1.1" and plan["scenario"]["settings"]["extensions"] == ["market"]
+    load_plan(json.dumps(plan))  # the runtime reads it back
+
+
+def test_a_plan_without_python_kinds_stays_1_0_and_a_1_0_plan_with_one_is_refused():
+    flagship = json.loads(compile_file(str(ROOT / "examples" / "guess_two_thirds.pop")).data)
+    assert flagship["plan_version"] == "1.0"  # older runtimes still run it
+    plan = json.loads(compile_file(str(MARKET)).data)
+    plan["plan_version"] = "1.0"
+    with pytest.raises(Exception) as err:
+        load_plan(json.dumps(plan))
+    assert err.value.path == "$.plan_version" and "1.1" in err.value.message
+
+
+def test_installed_kinds_come_from_entry_points(tmp_path, monkeypatch, capsys):
+    """A package that declares `[project.entry-points."populace.environments"]` is found without
+    `extensions`: here a real distribution's metadata on sys.path, as pip would install it."""
+    (tmp_path / "lamp_kinds.py").write_text(textwrap.dedent('''
+        from populace.runtime import environment_kind, param, query
+
+        @environment_kind("lamp")
+        class Lamp:
+            watts = param(int, 60)
+
+            def start(self, agents):
+                return {"on": True, "watts": self.watts}
+
+            @query(int)
+            def power(self, state):
+                return state["watts"] if state["on"] else 0
+    '''))
+    info = tmp_path / "lamp_kinds-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lamp-kinds\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[populace.environments]\nlamp = lamp_kinds:Lamp\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scenario = tmp_path / "s" / "room.pop"
+    scenario.parent.mkdir()
+    scenario.write_text(textwrap.dedent('''
+        model m { provider = mock }
+        agent P { model = m }
+        population people = 3 x P
+        environment desk : lamp(watts = 40)
+        workflow {
+          record power = desk.power()
+        }
+    '''))
+    plan = json.loads(compile_file(str(scenario)).data)
+    assert plan["environments"]["desk"]["extension"] == {"kind": "lamp", "class": "lamp_kinds:Lamp"}
+    run_dir = tmp_path / "run"
+    assert main(["run", str(scenario), "--executor", "local", "--quiet", "--run-dir", str(run_dir)]) == 0
+    assert json.loads((run_dir / "metrics.jsonl").read_text())["power"] == 40
+
+
+# ------------------------------------------------------------------ running examples/market
+@pytest.fixture(scope="module")
+def market_runs(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("market")
+    small = ["traders=400", "rounds=12"]
+    return {"local": run(MARKET, tmp, "local", overrides=small),
+            "ray3": run(MARKET, tmp, "ray3", executor="ray", shards=3, overrides=small)}
+
+
+def test_orders_move_the_price_and_positions_add_up(market_runs):
+    summary, metrics, run_dir, plan = market_runs["local"]
+    assert summary["status"] == "finished"
+    orders = asks(run_dir)
+    price, net = 60.0, 0
+    for m in metrics:
+        day = orders[f"asks/ask.order/round={m['round']}.parquet"]
+        buys, sells = int((day["value"] == "buy").sum()), int((day["value"] == "sell").sum())
+        # the action saw every agent's order: its volume and the traders' positions say so
+        assert m["volume"] == buys + sells
+        net += buys - sells
+        assert m["net_shares"] == net  # a per-agent query, stored in state and summed
+        assert m["price"] == pytest.approx(price)  # the `let` before the ask: yesterday's close
+        price = m["close"]
+    closes = [m["close"] for m in metrics]
+    # Opening at 60, below what most traders believe (normal(100, 10)), the price climbs to them.
+    assert closes[0] > 60 and max(closes[-4:]) > 90 and min(closes[-4:]) < 120
+
+
+def test_market_agrees_across_executors_and_shards(market_runs):
+    assert_same_runs(market_runs)
+
+
+def test_a_resumed_market_restores_the_kinds_state(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    args = ["--set", "traders=300", "--set", "rounds=5", "--executor", "local", "--quiet"]
+    assert main(["run", str(MARKET), *args[:4], "--run-dir", str(run_dir), *args[4:]]) == 0
+    finished = (run_dir / "metrics.jsonl").read_text()
+    (run_dir / "summary.json").unlink()
+    # from the last checkpoint (before round 5's ask): the price there comes from driver.json
+    assert main(["resume", str(run_dir), "--executor", "local", "--quiet"]) == 0
+    assert (run_dir / "metrics.jsonl").read_text() == finished
+
+
+# ------------------------------------------------------------------ failures are said in words
+FAULTY = '''
+from populace.runtime import action, each, environment_kind, param, query
+
+@environment_kind("faulty")
+class Faulty:
+    people = param("population")
+    fail = param(str, "none", choices=("none", "start", "action", "state"))
+
+    def start(self, agents):
+        if self.fail == "start":
+            raise ValueError("no opening stock")
+        return {"n": 0}
+
+    @action(each(int))
+    def add(self, state, values):
+        if self.fail == "action":
+            raise KeyError("ledger")
+        if self.fail == "state":
+            state["when"] = object()
+        state["n"] += sum(v for v in values if v is not None)
+
+    @query(int)
+    def total(self, state):
+        return state["n"]
+'''
+
+
+@pytest.mark.parametrize("fail, code, message", [
+    ("start", 1, "faulty_kinds:Faulty.start failed: ValueError: no opening stock"),
+    ("action", 1, "box.add(): KeyError: 'ledger'"),
+    ("state", 1, "left a state that is not JSON"),
+])
+def test_a_failing_kind_stops_the_run_with_its_own_message(tmp_path, capsys, fail, code, message):
+    (tmp_path / "faulty_kinds.py").write_text(FAULTY)
+    scenario = tmp_path / "f.pop"
+    scenario.write_text(textwrap.dedent(f'''
+        scenario f {{ extensions = ["faulty_kinds"] }}
+        model m {{ provider = mock }}
+        agent P {{ model = m }}
+        population people = 4 x P
+        environment box : faulty(people, fail = "{fail}")
+        workflow {{
+          ask people "a number" -> n: int in 0..9
+          box.add(people.n)
+          record total = box.total()
+        }}
+    '''))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(scenario), "--executor", "local", "--run-dir", str(run_dir)]) == code
+    out, err = capsys.readouterr()
+    assert message in out + err and "Traceback" not in out + err
+    if fail != "start":  # the run started: the error is in its events, with the scenario line
+        failed = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+                  if '"run_failed"' in line]
+        assert failed and message in failed[0]["error"] and "f.pop:9" in failed[0]["error"]
+
+
+def echo(agent):
+    """A python model that answers with its prompt: what the agent saw."""
+    return agent["prompt"]
+
+
+def even_buys(agent):
+    return "buy" if agent["id"] % 2 == 0 else "sell"
+
+
+def test_prompts_see_queries_and_their_own_per_agent_values(tmp_path, monkeypatch):
+    scenario = tmp_path / "see.pop"
+    scenario.write_text(textwrap.dedent(f'''
+        scenario see {{
+          extensions = ["market"]
+        }}
+        model echo {{
+          provider = python
+          function = "test_extensions:echo"
+        }}
+        model rule {{
+          provider = python
+          function = "test_extensions:even_buys"
+        }}
+        agent T {{ model = echo }}
+        population traders = 6 x T
+        environment ex : market(traders, price = 10.0, impact = 0.0) {{
+          fee = 0.25
+        }}
+        workflow {{
+          ask traders using rule "order" -> order: enum("buy", "sell", "hold")
+          ex.order(traders.order)
+          ex.fee = ex.fee * 2
+          ask traders "{{{{ ex.position() }}}} at {{{{ ex.quote() }}}}, fee {{{{ ex.fee }}}}, {{{{ ex.history(2) }}}}" -> seen: str
+        }}
+    '''))
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "market"))  # `market` is not next to this scenario
+    run_dir = tmp_path / "run"
+    assert main(["run", str(scenario), "--executor", "local", "--shards", "2", "--quiet", "--run-dir", str(run_dir)]) == 0
+    seen = pd.read_parquet(next((run_dir / "asks" / "ask.seen").glob("*.parquet")))
+    assert seen["value"].tolist() == [f"{1 if i % 2 == 0 else -1} at 10, fee 0.5, [10, 10]" for i in range(6)]
