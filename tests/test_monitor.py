@@ -265,6 +265,43 @@ def test_models_and_cluster_rows_during_a_run(run_dir, tmp_path):
                                                                   (NODE_B, "10.0.0.2", ["players/1"])]
 
 
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_run_reports_nodes_models_and_calls_in_flight(tmp_path, monkeypatch, executor, request):
+    """Against a slow fake Anthropic: calls in flight are sampled mid-ask (Ray: beside the running
+    call), the last `models` event equals summary.json, and every shard says where it runs."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fake_llm import FakeLLM
+
+    if executor == "ray":
+        request.getfixturevalue("ray_session")
+    text = FLAGSHIP.read_text().replace("model   = level_k", "model   = claude")
+    scenario = tmp_path / "claude.pop"
+    scenario.write_text(text)
+    plan = plan_from_dict(compile_file(str(scenario), ["players=40", "rounds=1"]).plan)
+    with FakeLLM(latency=1.3) as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
+        summary = run_plan(plan, executor=executor, shards=2, run_dir=str(tmp_path / "run"))
+    events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    samples = [e for e in events if e["type"] == "calls_in_flight"]
+    assert samples and max(e["models"]["claude"] for e in samples) > 0
+    last = [e for e in events if e["type"] == "models"][-1]["models"]["claude"]
+    final = summary["models"]["claude"]
+    for key in ("calls", "tokens_in", "tokens_out", "retries", "failures", "cost_usd", "latency_p50_s", "latency_p95_s"):
+        assert last[key] == final[key], key
+    assert last["calls"] == 40
+    state = RunState.from_events(events)
+    assert state.in_flight == {} and state.by_model["claude"]["calls"] == 40
+    shards = state.shard_info["players"]
+    assert [s["shard"] for s in shards] == [0, 1] and [s["agents"] for s in shards] == [20, 20]
+    if executor == "ray":
+        assert all(len(s["node"]) == 56 and s["ip"] and s["pid"] != shards[0]["pid"] for s in shards[1:])
+    else:
+        assert {s["node"] for s in shards} == {"local"}
+
+
 def test_event_tail_on_a_missing_file(tmp_path):
     assert EventTail(str(tmp_path / "events.jsonl")).read() == []
     assert not MonitorState(str(tmp_path)).poll()
