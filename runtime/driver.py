@@ -162,7 +162,7 @@ class Driver:
         else:
             self.restore(resume)
             self.emit(dict(started, type="run_started", resumed_from=resume["seq"]))
-        status = "finished"
+        status, failure = "finished", None
         try:
             self._shards_event(sorted(plan.populations))
             if resume is None:
@@ -175,14 +175,18 @@ class Driver:
         except KeyboardInterrupt:
             status = "stopped"
         except (RunFailed, EvalError, ModelError) as e:
-            self.emit({"type": "run_failed", "error": str(e)})
+            failure = str(e)
+            self.emit({"type": "run_failed", "error": failure})
             status = "failed"
         except Exception as e:  # a shard raised (RayTaskError wraps it): record it, fail loudly
             cause = getattr(e, "cause", None) or e  # RayTaskError keeps the shard's own exception
-            self.emit({"type": "run_failed", "error": f"{type(cause).__name__}: {cause}"})
+            failure = f"{type(cause).__name__}: {cause}"
+            self.emit({"type": "run_failed", "error": failure})
             status = "failed"
         seconds = time.monotonic() - self.started + self.elapsed_before
         summary = self.summary(status, seconds)
+        if failure:
+            summary["error"] = failure
         self.run_dir.write_json("summary.json", summary)
         self.emit({"type": "run_finished", "status": status, "seconds": round(seconds, 3)})
         return summary

@@ -84,3 +84,5 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     console.print(table)
     # Also on a line of its own, never cut, for copying and for scripts.
     console.print(Text(f"run directory: {summary['run_dir']}"), soft_wrap=True)
+    if summary.get("error"):  # said even with --quiet: a failed run must say why
+        console.print(Text(f"error: {summary['error']}"), soft_wrap=True)

@@ -224,7 +224,8 @@ def test_a_failing_kind_stops_the_run_with_its_own_message(tmp_path, capsys, fai
         }}
     '''))
     run_dir = tmp_path / "run"
-    assert main(["run", str(scenario), "--executor", "local", "--run-dir", str(run_dir)]) == code
+    # --quiet: a failed run says why even then
+    assert main(["run", str(scenario), "--executor", "local", "--quiet", "--run-dir", str(run_dir)]) == code
     out, err = capsys.readouterr()
     assert message in out + err and "Traceback" not in out + err
     if fail != "start":  # the run started: the error is in its events, with the scenario line
