@@ -220,6 +220,18 @@ def test_generators_are_seeded_and_undirected(generator):
     assert generator["name"] in ("complete", "ring") or not np.array_equal(other[1], neighbours)
 
 
+def test_scale_free_degrees_follow_a_power_law():
+    """Preferential attachment gives P(degree >= k) ~ k^-2 (degree exponent 3), and early agents
+    collect the most ties; a uniform attachment would give an exponential tail instead."""
+    offsets, _ = network.build("g", {"generator": {"name": "scale_free", "m": 3}}, 100_000, 11)
+    degree = np.diff(offsets)
+    assert degree.min() >= 1 and abs(degree.mean() - 6) < 0.1
+    ks = np.array([10, 20, 40, 80, 160])
+    slope = np.polyfit(np.log(ks), np.log([(degree >= k).mean() for k in ks]), 1)[0]
+    assert -2.4 < slope < -1.6, slope
+    assert degree[:100].mean() > 10 * degree[-10_000:].mean()
+
+
 # ------------------------------------------------------------------ rumor.pop
 @pytest.fixture(scope="module")
 def rumor_runs(tmp_path_factory, ray_session):
