@@ -190,9 +190,12 @@ def _override(ctx: Context, item: str, line: int) -> None:
             except EvalError as err:
                 ctx.error("E1021", value_at, f"`--set {item}`: {err.message}")
                 return
+    if ty.kind in ("str", "enum") and not isinstance(value, str) and text.strip() in ("none", "true", "false"):
+        value = text.strip()  # `--set mode=none` means the word: a str param has no other reading of it
     vty = type_of_value(value)
     if not _fits(ty, value) or not _in_range(value, ty):
-        ctx.error("E1021", value_at, f"`--set {item}`: param `{name}` is {describe(ty)}, not {describe(vty)} {value!r}",
+        shown = "none" if value is None else f"{describe(vty)} {value!r}"
+        ctx.error("E1021", value_at, f"`--set {item}`: param `{name}` is {describe(ty)}, not {shown}",
                   label=f"not {describe(ty)}")
         return
     if ty.kind == "float" and isinstance(value, int):

@@ -16,6 +16,7 @@ from populace.compiler import compile_file
 from populace.compiler.declarations import DISTRIBUTIONS
 from populace.compiler.environments import KINDS
 from populace.compiler.expressions import AGGREGATES
+from populace.dsl.diagnostics import DiagnosticError
 from populace.compiler.plan import PLAN_VERSION, PlanError, canonical_bytes, load_plan, needed_version, plan_from_dict, read_plan
 from populace.compiler.plan.evaluate import BINARY
 
@@ -186,3 +187,15 @@ def test_operator_aggregate_distribution_and_kind_lists_match_the_schema():
     assert set(expr["agg"]["properties"]["agg"]["enum"]) == set(AGGREGATES)
     assert set(SCHEMA["$defs"]["dist"]["properties"]["name"]["enum"]) == set(DISTRIBUTIONS) | {"choice", "constant"}
     assert set(SCHEMA["properties"]["environments"]["additionalProperties"]["properties"]["kind"]["enum"]) == set(KINDS) | {"python"}
+
+
+def test_set_takes_keywords_as_words_for_text_params(tmp_path):
+    scenario = tmp_path / "s.pop"
+    scenario.write_text('scenario s {\n  param mode = "plain"\n  param n = 3\n}\n'
+                        'model m { provider = mock }\nagent P { model = m }\npopulation people = 2 x P\n')
+    for word in ("none", "true", "false", "hello"):
+        plan = json.loads(compile_file(str(scenario), [f"mode={word}"]).data)
+        assert plan["scenario"]["params"]["mode"] == word
+    with pytest.raises(DiagnosticError) as err:
+        compile_file(str(scenario), ["n=none"])
+    assert "param `n` is int, not none" in str(err.value.diagnostics[0].message)
