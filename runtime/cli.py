@@ -249,7 +249,7 @@ def cmd_run(args) -> int:
         from .progress import print_summary
 
         print_summary(summary)
-        code = 0 if summary["status"] == "finished" else 1
+        code = _status_code(summary)
         if monitor is not None:
             print("the monitor keeps serving the finished run; Ctrl-C to quit", flush=True)
             try:
@@ -418,7 +418,22 @@ def cmd_resume(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print_summary(summary)
-    return 0 if summary["status"] == "finished" else 1
+    return _status_code(summary)
+
+
+def _status_code(summary: dict) -> int:
+    """0 finished, 130 stopped (Ctrl-C or a stop request), 1 failed; say how to go on when there is a way."""
+    import os
+    import shlex
+
+    from .resume import checkpoints_written
+
+    status, run_dir = summary["status"], summary["run_dir"]
+    if status != "finished" and checkpoints_written(run_dir):
+        kept = "stopped" if status == "stopped" else "failed"
+        print(f"{kept}: everything written so far is kept; `populace resume {shlex.quote(os.fspath(run_dir))}` "
+              "continues from the last checkpoint", file=sys.stderr)
+    return {"finished": 0, "stopped": 130}.get(status, 1)
 
 
 COMMANDS["resume"] = cmd_resume

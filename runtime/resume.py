@@ -47,6 +47,12 @@ def checkpoints(run_dir: str, plan) -> list[tuple[str, dict]]:
     return out
 
 
+def checkpoints_written(run_dir: str) -> bool:
+    """Has this run written a complete checkpoint (is there anything to resume from)?"""
+    root = os.path.join(run_dir, "checkpoints")
+    return os.path.isdir(root) and any(os.path.exists(os.path.join(root, d, "driver.json")) for d in os.listdir(root))
+
+
 def _usable(state, plan) -> bool:
     """driver.json of this plan with every field the driver reads, of the right type (a hand edit or
     flipped bytes that still parse as JSON make it damaged, not a crash)."""

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from populace.runtime.cli import main
@@ -130,3 +134,67 @@ def test_the_monitor_refuses_a_plan_of_a_newer_major_version(tmp_path, capsys):
     assert main(["monitor", str(run_dir), "--port", "1"]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "plan.json" in line and "version 2.0" in line
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+def slow_flagship(tmp_path: Path, latency: str = "400ms") -> Path:
+    """The flagship on its mock model, each round's ask taking `latency`, so a signal lands mid-run."""
+    text = FLAGSHIP.read_text().replace("model   = level_k", "model   = writer")
+    text = text.replace("  provider = mock                   # deterministic text, no network",
+                        f"  provider = mock\n  latency = {latency}\n  in_flight = 1000")
+    path = tmp_path / "slow.pop"
+    path.write_text(text)
+    return path
+
+
+def cli(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "populace.runtime.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def wait_for_records(run_dir: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        path = run_dir / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} records in {run_dir} (exit {proc.poll()})")
+
+
+def same_results(a: Path, b: Path) -> None:
+    assert metrics(a) == metrics(b)
+    files = sorted(p.relative_to(a) for p in (a / "asks").rglob("*.parquet"))
+    assert files == sorted(p.relative_to(b) for p in (b / "asks").rglob("*.parquet")) and files
+    for f in files + [Path("personas.parquet")]:
+        assert pq.read_table(a / f).equals(pq.read_table(b / f)), f
+
+
+def test_ctrl_c_stops_the_run_and_resume_finishes_it_identically(tmp_path):
+    path = slow_flagship(tmp_path)
+    run = ["run", str(path), "--set", "players=300", "--set", "rounds=8", "--executor", "local"]
+    whole = tmp_path / "whole"
+    proc = cli(*run, "--quiet", "--run-dir", str(whole))
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+
+    broken = tmp_path / "broken"
+    # Not --quiet: the progress lines are on; a terminal's Ctrl-C is SIGINT to the process.
+    proc = cli(*run, "--run-dir", str(broken), start_new_session=True)
+    wait_for_records(broken, 2, proc)
+    time.sleep(0.2)  # into round 3's ask
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "stopped" in out
+    assert f"`populace resume {broken}` continues from the last checkpoint" in err
+    summary = json.loads((broken / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["agent_steps"] < 8 * 300
+    state = RunState.from_events(read_events(str(broken / "events.jsonl")))
+    assert state.status == "stopped" and 2 <= len(state.records) < 8
+
+    proc = cli("resume", str(broken), "--executor", "local", "--quiet")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    same_results(whole, broken)
+    assert json.loads((broken / "summary.json").read_text())["status"] == "finished"
