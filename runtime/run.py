@@ -13,9 +13,10 @@ from .rundir import RunDir, new_run_dir
 
 def run_plan(plan, executor: str = "ray", shards: int | None = None, address: str | None = None,
              run_dir: str | None = None, quiet: bool = True, listener=None, cache: str | None = None,
-             replay: bool = False, checkpoint_every: int | None = None) -> dict:
+             replay: bool = False, checkpoint_every: int | None = None, should_stop=None) -> dict:
     """`cache`: the response cache (default: cache.sqlite in the run directory); `replay`: refuse
-    any model call whose reply is not in the cache."""
+    any model call whose reply is not in the cache; `should_stop()`: asked between steps, True
+    ends the run as stopped (a sweep's Ctrl-C reaches runs in other threads this way)."""
     import os
 
     directory = RunDir(run_dir or new_run_dir(plan.scenario["name"]))
@@ -24,11 +25,11 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
                "environment": model_environment(plan),
                "checkpoints": os.path.abspath(directory.file("checkpoints")), "restartable": every == 1}
     ex = make_executor(executor, plan, shards, address, options)
-    return drive(plan, ex, directory, quiet, listener, checkpoint_every=checkpoint_every)
+    return drive(plan, ex, directory, quiet, listener, checkpoint_every=checkpoint_every, should_stop=should_stop)
 
 
 def drive(plan, ex, directory: RunDir, quiet: bool, listener=None, resume: dict | None = None,
-          checkpoint_every: int | None = None) -> dict:
+          checkpoint_every: int | None = None, should_stop=None) -> dict:
     """Run (or, with `resume`, continue) the driver with progress; close the executor and files."""
     try:
         with Progress(quiet=quiet) as progress:
@@ -37,7 +38,8 @@ def drive(plan, ex, directory: RunDir, quiet: bool, listener=None, resume: dict 
                 if listener:
                     listener(event)
 
-            return Driver(plan, ex, directory, listen, checkpoint_every=checkpoint_every).run(resume=resume)
+            return Driver(plan, ex, directory, listen, should_stop=should_stop,
+                          checkpoint_every=checkpoint_every).run(resume=resume)
     finally:
         ex.close()
         directory.close()

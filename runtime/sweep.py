@@ -104,7 +104,7 @@ def _safe(value: str) -> str:
 
 
 def execute_run(file: str, run: SweepRun, overrides: list[str], executor: str, shards: int | None,
-                address: str | None) -> RunResult:
+                address: str | None, should_stop=None) -> RunResult:
     """Compile with the run's params and seed, run it, read back its records. Never raises."""
     started = time.monotonic()
     try:
@@ -130,7 +130,8 @@ def execute_run(file: str, run: SweepRun, overrides: list[str], executor: str, s
         if problems:
             return RunResult(run, "failed", "; ".join(problems), time.monotonic() - started, params=typed)
         os.makedirs(run.run_dir, exist_ok=True)
-        summary = run_plan(plan, executor=executor, shards=shards, address=address, run_dir=run.run_dir, quiet=True)
+        summary = run_plan(plan, executor=executor, shards=shards, address=address, run_dir=run.run_dir, quiet=True,
+                           should_stop=should_stop)
         status = summary.get("status", "failed")
         error = _run_error(run.run_dir) if status != "finished" else None
         return RunResult(run, status, error, time.monotonic() - started, read_records(run.run_dir), typed)
@@ -263,8 +264,10 @@ def _run_in_processes(file, runs, overrides, shards, workers, finished) -> None:
 
 
 def _run_on_ray(file, runs, overrides, shards, address, parallel, finished) -> None:
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     import ray
-    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     started = False
     if not ray.is_initialized():
@@ -281,15 +284,24 @@ def _run_on_ray(file, runs, overrides, shards, address, parallel, finished) -> N
                 if finished(_interruptible(file, run, overrides, "ray", shards, address)) == "stopped":
                     break
         else:
+            stopping = threading.Event()
             with ThreadPoolExecutor(max_workers=parallel) as pool:
-                futures = [pool.submit(execute_run, file, run, overrides, "ray", shards, address) for run in runs]
+                futures = [pool.submit(execute_run, file, run, overrides, "ray", shards, address, stopping.is_set)
+                           for run in runs]
                 collected = set()
                 try:
-                    for future in as_completed(futures):
-                        collected.add(future)
-                        finished(future.result())  # execute_run never raises
+                    pending = set(futures)
+                    while pending:
+                        # Wake up twice a second: a blocked wait would not see Ctrl-C until a run ends.
+                        done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                        for future in sorted(done, key=futures.index):
+                            collected.add(future)
+                            finished(future.result())  # execute_run never raises
                 except KeyboardInterrupt:
-                    # Only this thread hears Ctrl-C: start no more runs, let the ones in progress finish.
+                    # Only this thread hears Ctrl-C: start no more runs, and tell the drivers of the
+                    # runs in progress (other threads) to stop at their next step: they end "stopped",
+                    # resumable, with everything written so far.
+                    stopping.set()
                     for future in futures:
                         future.cancel()
                     for future in futures:

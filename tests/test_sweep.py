@@ -148,3 +148,37 @@ def test_a_stopped_run_ends_a_sequential_sweep(tmp_path, monkeypatch):
     assert [r.status for r in outcome["runs"]] == ["finished", "stopped", "skipped"]
     table = pd.read_csv(tmp_path / "s" / "sweep.csv")
     assert table.groupby("run")["status"].first().tolist() == ["finished", "stopped", "skipped"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_runs_in_progress_of_a_parallel_sweep_on_ray(tmp_path, ray_session):
+    """Drivers of a parallel Ray sweep run in threads, where Ctrl-C never arrives: the sweep tells
+    them to stop at their next step. They end "stopped" (resumable), the rest "skipped"."""
+    import _thread
+    import threading
+    import time
+
+    from populace.runtime import sweep
+
+    slow = tmp_path / "slow.pop"
+    slow.write_text(TINY.read_text().replace("  provider = mock\n", "  provider = mock\n  latency = 200ms\n"))
+    sweep_dir = tmp_path / "s"
+
+    def interrupt_when_both_run(runs):
+        def wait():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if all(sweep.read_records(r.run_dir) for r in runs[:2]):
+                    break
+                time.sleep(0.05)
+            _thread.interrupt_main()  # what Ctrl-C does to the main thread
+        threading.Thread(target=wait, daemon=True).start()
+
+    outcome = sweep.run_sweep(str(slow), {"players": ["10", "20", "30"]}, executor="ray", parallel=2,
+                              sweep_dir=str(sweep_dir), overrides=["rounds=40"], on_start=interrupt_when_both_run)
+    statuses = [r.status for r in outcome["runs"]]
+    assert statuses == ["stopped", "stopped", "skipped"]
+    first = outcome["runs"][0].run.run_dir
+    assert 0 < len(sweep.read_records(first)) < 80  # two records a round: it stopped well before round 40
+    assert main(["resume", first, "--quiet"]) == 0
+    assert [r["round"] for r in sweep.read_records(first) if "mean_pick" in r] == list(range(1, 41))
