@@ -19,7 +19,7 @@ from populace.compiler.plan.evaluate import EvalError, evaluate
 
 from populace.compiler.extensions import Each, ExtensionError
 
-from . import environments, groups
+from . import environments, groups, latency
 from .extensions import Extensions
 from .models import OFFLINE_PROVIDERS, ModelError
 from .rundir import RUN_FORMAT, RunDir, iteration_file, populace_version
@@ -27,7 +27,6 @@ from .shard import combine
 from .vector import agg_key
 
 SHARD_OPS = ("ask", "set_state", "tell", "broadcast")  # steps that change agents: checkpoints come before them
-LIVE_LATENCIES = 20_000  # per model: the live p50/p95 of `models` events read the most recent calls only
 
 
 class StopRun(Exception):
@@ -95,7 +94,7 @@ class Driver:
                     for name, e in plan.environments.items()}
         self.totals = {"calls": 0, "tokens_in": 0, "tokens_out": 0, "errors": 0, "agents": 0, "steps": 0}
         self.by_model: dict = {}
-        self.latencies: dict = {}
+        self.latencies: dict = {}  # model -> latency histogram (latency.py)
         self.frames: list = []
         self.resume: list | None = None
         self.seq = 0
@@ -124,7 +123,7 @@ class Driver:
         models = {}
         for name, m in sorted(self.by_model.items()):
             figures = dict(m, cost_usd=self._cost(name, m))
-            figures.update(latency_quantiles(self.latencies.get(name, [])[-LIVE_LATENCIES:]))
+            figures.update(latency.quantiles(self.latencies.get(name, {})))
             models[name] = figures
         self.emit({"type": "models", "models": models})
 
@@ -222,9 +221,9 @@ class Driver:
             else:
                 m["cost_usd"] = m_cost
                 cost += m_cost
-        for name, values in self.latencies.items():
-            if values and name in self.by_model:
-                self.by_model[name].update(latency_quantiles(values))
+        for name, histogram in self.latencies.items():
+            if histogram and name in self.by_model:
+                self.by_model[name].update(latency.quantiles(histogram))
         agents = sum(p.size for p in self.plan.populations.values())
         return {
             "status": status, "scenario": self.plan.scenario["name"], "plan_hash": self.plan.plan_hash,
@@ -301,7 +300,7 @@ class Driver:
         self.env = state["env"]
         self.totals = state["totals"]
         self.by_model = state["by_model"]
-        self.latencies = state.get("latencies", {})
+        self.latencies = {name: latency.from_any(saved) for name, saved in state.get("latencies", {}).items()}
         self.shard_steps = state["shard_steps"]
         self.elapsed_before = state.get("elapsed", 0.0)
         self.run_dir.truncate_metrics(state["metrics_lines"])
@@ -573,7 +572,7 @@ class Driver:
                 m = self.by_model.setdefault(model, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
                 for key in ("retries", "reasks", "cache_hits", "failures", "cache_read", "cache_write"):
                     m[key] = m.get(key, 0) + stats[key]
-                self.latencies.setdefault(model, []).extend(stats["latencies"])
+                latency.add(self.latencies.setdefault(model, {}), stats["latencies"])
                 for event in stats["events"]:
                     self.emit(dict(event, step=step["id"], iteration=label))
 
@@ -682,15 +681,6 @@ class Driver:
             return evaluate(expr, resolve)
         except EvalError as e:
             raise RunFailed(e.message, step) from None
-
-
-def latency_quantiles(values: list) -> dict:
-    """p50 and p95 of call latencies in seconds (nearest rank), or nothing when there were no calls."""
-    if not values:
-        return {}
-    ordered = sorted(values)
-    return {"latency_p50_s": ordered[len(ordered) // 2],
-            "latency_p95_s": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]}
 
 
 def _concat(parts: list) -> np.ndarray:
