@@ -8,6 +8,7 @@ committed before the step ends, so a crash loses at most the replies of its last
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import queue
@@ -29,12 +30,16 @@ class ResponseCache:
 
     def __init__(self, path: str):
         self.path = path
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
-                        "usage TEXT NOT NULL, model TEXT NOT NULL, created REAL NOT NULL)")
+        try:
+            self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
+                            "usage TEXT NOT NULL, model TEXT NOT NULL, created REAL NOT NULL)")
+        except sqlite3.Error as e:  # a full disk or a directory that cannot be written
+            raise _os_error(e, path) from None
         self.queue: queue.Queue = queue.Queue()
+        self.error: OSError | None = None  # why replies could not be written (then no more are tried)
         self.writer = threading.Thread(target=self._write_loop, name="response-cache", daemon=True)
         self.writer.start()
 
@@ -60,17 +65,25 @@ class ResponseCache:
                     item = self.queue.get_nowait()
                 except queue.Empty:
                     item = None
-            if batch:
-                db.execute("BEGIN")
-                db.executemany("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?)", batch)
-                db.execute("COMMIT")
+            if batch and self.error is None:
+                try:
+                    db.execute("BEGIN")
+                    db.executemany("INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?)", batch)
+                    db.execute("COMMIT")
+                except sqlite3.Error as e:  # a full disk: the next flush() raises it, naming the file
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    self.error = _os_error(e, self.path)
             for event in done:
                 event.set()
 
     def flush(self) -> None:
+        """Wait until every reply handed to `put` is committed; raise OSError if they could not be."""
         event = threading.Event()
         self.queue.put(event)
         event.wait()
+        if self.error is not None:
+            raise self.error
 
     def __len__(self) -> int:
         self.flush()
@@ -79,3 +92,9 @@ class ResponseCache:
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def _os_error(error: sqlite3.Error, path: str) -> OSError:
+    """SQLite's error as the OSError a full disk gives elsewhere, naming the cache file."""
+    full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return OSError(errno.ENOSPC if full else errno.EIO, str(error), path)

@@ -240,12 +240,7 @@ def cmd_run(args) -> int:
                                run_dir=run_dir, quiet=args.quiet, cache=args.cache, replay=args.replay,
                                checkpoint_every=args.checkpoint_every)
         except OSError as e:
-            # A full disk, a read-only or missing directory: say which file, keep what was written.
-            where = f" ({e.filename})" if e.filename else ""
-            print(f"error: the run cannot write its files{where}: {e.strerror or e}. Everything written "
-                  "before stays; once there is room, `populace resume RUN_DIR` continues from the last checkpoint.",
-                  file=sys.stderr)
-            return 1
+            return _unwritable(e, run_dir)
         from .progress import print_summary
 
         print_summary(summary)
@@ -417,8 +412,26 @@ def cmd_resume(args) -> int:
     except ResumeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        return _unwritable(e, args.run_dir)
     print_summary(summary)
     return _status_code(summary)
+
+
+def _unwritable(error: OSError, run_dir: str | None) -> int:
+    """A full disk, a read-only or missing directory: one line naming the file and the reason."""
+    import shlex
+
+    from .resume import checkpoints_written
+
+    where = f" {error.filename}" if error.filename else " its files"
+    if run_dir and checkpoints_written(run_dir):
+        then = f"`populace resume {shlex.quote(run_dir)}` continues from the last checkpoint"
+    else:
+        then = "run it again"
+    print(f"error: the run cannot write{where}: {error.strerror or error}. Everything written before stays; "
+          f"once there is room, {then}.", file=sys.stderr)
+    return 1
 
 
 def _status_code(summary: dict) -> int:

@@ -161,7 +161,7 @@ class Driver:
         else:
             self.restore(resume)
             self.emit(dict(started, type="run_started", resumed_from=resume["seq"]))
-        status, failure = "finished", None
+        status, failure, unwritable = "finished", None, None
         try:
             self._shards_event(sorted(plan.populations))
             if resume is None:
@@ -180,14 +180,27 @@ class Driver:
         except Exception as e:  # a shard raised (RayTaskError wraps it): record it, fail loudly
             cause = getattr(e, "cause", None) or e  # RayTaskError keeps the shard's own exception
             failure = f"{type(cause).__name__}: {cause}"
-            self.emit({"type": "run_failed", "error": failure})
             status = "failed"
+            # A file that cannot be written (a full disk): record what still fits, then raise it for
+            # the CLI's one line; the run stays resumable from its last checkpoint.
+            unwritable = cause if isinstance(cause, OSError) else None
+            try:
+                self.emit({"type": "run_failed", "error": failure})
+            except OSError:
+                if unwritable is None:
+                    raise
         seconds = time.monotonic() - self.started + self.elapsed_before
         summary = self.summary(status, seconds)
         if failure:
             summary["error"] = failure
-        self.run_dir.write_json("summary.json", summary)
-        self.emit({"type": "run_finished", "status": status, "seconds": round(seconds, 3)})
+        try:
+            self.run_dir.write_json("summary.json", summary)
+            self.emit({"type": "run_finished", "status": status, "seconds": round(seconds, 3)})
+        except OSError:
+            if unwritable is None:
+                raise
+        if unwritable is not None:
+            raise unwritable
         return summary
 
     def _personas(self) -> None:

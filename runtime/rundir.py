@@ -64,6 +64,14 @@ def new_run_dir(scenario: str, base: str = "runs") -> str:
     return path
 
 
+def named_error(error: OSError, path: str) -> OSError:
+    """`error` naming the file being written: a write on a full disk says why, not which file.
+    (pyarrow's message wraps the reason in its own words; the errno's own text is plainer.)"""
+    if error.filename:
+        return error
+    return OSError(error.errno, os.strerror(error.errno) if error.errno else (error.strerror or str(error)), path)
+
+
 def write_atomic(target: str, data: bytes) -> None:
     """Write to a temporary name, sync, rename: the file at `target` is whole or absent."""
     directory = os.path.dirname(os.path.abspath(target))
@@ -75,10 +83,41 @@ def write_atomic(target: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise named_error(e, target) from None
         raise
+
+
+class _AppendOnly:
+    """A JSON-lines file written with one unbuffered append per line: a failed write (a full disk)
+    leaves nothing in a buffer to fail again at close, and names the file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        size = os.fstat(self.fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                torn = f.read(1) != b"\n"
+            if torn:  # a crash mid-line: end it, so the next line is not glued to it (readers skip it)
+                self.write("\n")
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+        except OSError as e:
+            raise named_error(e, self.path) from None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def _json_default(value):
@@ -110,8 +149,8 @@ class RunDir:
     def __init__(self, path: str):
         self.path = path
         os.makedirs(path, exist_ok=True)
-        self._events = open(os.path.join(path, "events.jsonl"), "a", encoding="utf-8")
-        self._metrics = open(os.path.join(path, "metrics.jsonl"), "a", encoding="utf-8")
+        self._events = _AppendOnly(os.path.join(path, "events.jsonl"))
+        self._metrics = _AppendOnly(os.path.join(path, "metrics.jsonl"))
         self.metrics_written = 0
 
     def file(self, *parts: str) -> str:
@@ -136,9 +175,11 @@ class RunDir:
                     if t.num_rows:
                         writer.write_table(t.cast(schema))
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as e:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise named_error(e, target) from None
             raise
 
     def read_control(self) -> str:
@@ -153,11 +194,9 @@ class RunDir:
     def event(self, event: dict) -> None:
         # One write per line: a reader never sees half an event unless the process dies mid-write.
         self._events.write(dumps(event) + "\n")
-        self._events.flush()
 
     def metric(self, row: dict) -> None:
         self._metrics.write(dumps(row) + "\n")
-        self._metrics.flush()
         self.metrics_written += 1
 
     def truncate_metrics(self, lines: int) -> None:
@@ -167,7 +206,7 @@ class RunDir:
         with open(path, encoding="utf-8") as f:
             kept = [line for line in f if line.endswith("\n")][:lines]
         write_atomic(path, "".join(kept).encode("utf-8"))
-        self._metrics = open(path, "a", encoding="utf-8")
+        self._metrics = _AppendOnly(path)
         self.metrics_written = len(kept)
 
     def prune_checkpoints(self, keep: int) -> None:

@@ -5,6 +5,7 @@ the one-line error or the resumed run's results against an undisturbed run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -148,9 +149,15 @@ def slow_flagship(tmp_path: Path, latency: str = "400ms") -> Path:
     return path
 
 
-def cli(*args: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "populace.runtime.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **popen)
+def cli(*args: str, file_size_limit: int | None = None, code: str | None = None, **popen) -> subprocess.Popen:
+    """`populace ARGS` (or python `code` with ARGS) in a subprocess; with `file_size_limit`, writes
+    past that many bytes fail with EFBIG (RLIMIT_FSIZE, SIGXFSZ ignored), as on a full disk."""
+    body = code or "from populace.runtime.cli import main\nsys.exit(main(sys.argv[1:]))"
+    if file_size_limit is not None:
+        body = ("import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+                f"resource.setrlimit(resource.RLIMIT_FSIZE, ({file_size_limit}, {file_size_limit}))\n" + body)
+    command = [sys.executable, "-c", "import sys\n" + body, *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def wait_for_records(run_dir: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -198,3 +205,98 @@ def test_ctrl_c_stops_the_run_and_resume_finishes_it_identically(tmp_path):
     assert proc.returncode == 0, err
     same_results(whole, broken)
     assert json.loads((broken / "summary.json").read_text())["status"] == "finished"
+
+
+# ---------------------------------------------------------------- a full disk
+
+@contextlib.contextmanager
+def small_disk(directory: Path, size: str, how: str):
+    """A directory that fills up: a tmpfs of `size` (how="tmpfs", when mounting is permitted), else a
+    file size limit for the processes started in it (RLIMIT_FSIZE: writes fail with EFBIG, the same
+    code path as ENOSPC). Yields (how it was done, grow()): grow() makes room again."""
+    directory.mkdir()
+    mounted = False
+    if how == "tmpfs":
+        try:
+            mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                                     capture_output=True).returncode == 0
+        except OSError:  # no mount command
+            mounted = False
+
+    def grow():
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,size=64m", str(directory)], check=True)
+
+    try:
+        yield ("tmpfs" if mounted else "rlimit"), grow
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(directory)], check=True)
+
+
+def assert_nothing_looks_complete_that_is_not(run_dir: Path) -> None:
+    """No temporary file left; every file that exists is whole (Parquet, JSON, complete checkpoints)."""
+    leftovers = [p for p in run_dir.rglob("*") if p.name.startswith(".tmp-") or p.name.endswith(".tmp")]
+    assert not leftovers, leftovers
+    for p in run_dir.rglob("*.parquet"):
+        pq.read_table(p)
+    for p in run_dir.rglob("*.json"):
+        json.loads(p.read_text())
+    for checkpoint in (run_dir / "checkpoints").iterdir():
+        if (checkpoint / "driver.json").exists():
+            for p in checkpoint.glob("*.arrow"):
+                pa.ipc.open_file(pa.BufferReader(p.read_bytes())).read_all()
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "rlimit"])
+def test_a_full_disk_is_one_clear_line_and_the_run_resumes_once_there_is_room(tmp_path, how):
+    path = slow_flagship(tmp_path, latency="1ms")
+    run = ["run", str(path), "--set", "players=3000", "--set", "rounds=8", "--executor", "local", "--quiet"]
+    whole = tmp_path / "whole"
+    proc = cli(*run, "--run-dir", str(whole))
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    # The second checkpoint's shard file is ~700 KB (memory grows each round): 1 MB fills before it.
+    with small_disk(tmp_path / "disk", "1m", how) as (done_by, grow):
+        run_dir = tmp_path / "disk" / "run"
+        proc = cli(*run, "--run-dir", str(run_dir), file_size_limit=512 * 1024 if done_by == "rlimit" else None)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1
+        line = one_error_line(err)
+        reason = "No space left on device" if done_by == "tmpfs" else "File too large"
+        assert line.startswith(f"error: the run cannot write {run_dir}/") and f": {reason}." in line, line
+        assert f"`populace resume {run_dir}` continues from the last checkpoint" in line
+        assert_nothing_looks_complete_that_is_not(run_dir)
+        summary = run_dir / "summary.json"
+        assert not summary.exists() or json.loads(summary.read_text())["status"] == "failed"
+        assert len(metrics(run_dir)) < 8
+
+        grow()
+        proc = cli("resume", str(run_dir), "--executor", "local", "--quiet")
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        same_results(whole, run_dir)
+
+
+CACHE_ON_A_FULL_DISK = """
+import sys
+from populace.runtime.cache import ResponseCache
+cache = ResponseCache(sys.argv[1])
+for i in range(100):
+    cache.put(str(i), "x" * 50_000, {}, "m")
+try:
+    cache.flush()
+except OSError as e:
+    print(f"{e.filename}: {e.strerror}")
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "rlimit"])
+def test_the_response_cache_on_a_full_disk_raises_instead_of_hanging(tmp_path, how):
+    with small_disk(tmp_path / "disk", "1m", how) as (done_by, _):
+        path = tmp_path / "disk" / "cache.sqlite"
+        proc = cli(str(path), file_size_limit=512 * 1024 if done_by == "rlimit" else None, code=CACHE_ON_A_FULL_DISK)
+        out, err = proc.communicate(timeout=60)  # before: the writer thread died and flush() waited forever
+        assert proc.returncode == 3, err
+        # SQLite says "full" for ENOSPC and "disk I/O error" for EFBIG
+        assert out.strip() in (f"{path}: database or disk is full", f"{path}: disk I/O error"), out
