@@ -7,6 +7,7 @@ in-process (local executor) and inside a Ray actor (ray executor).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -444,11 +445,13 @@ class Shard:
         try:
             with pa.memory_map(path) as source:
                 table = pa.ipc.open_file(source).read_all()
+            table.validate(full=True)  # flipped bytes in offsets or text: an error here, not a crash later
         except (OSError, pa.ArrowInvalid) as e:
             raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
         meta = table.schema.metadata or {}
         stamp = meta.get(b"populace_format", b"1")
-        check_format(int(stamp) if stamp.isdigit() else 1, path, meta.get(b"populace_version", b"").decode() or None)
+        check_format(int(stamp) if stamp.isdigit() else 1, path,
+                     meta.get(b"populace_version", b"").decode("utf-8", "replace") or None)
         if table.num_rows != len(self.ids) or table.column("agent")[0].as_py() != self.start:
             raise CheckpointError(f"checkpoint {path} holds other agents than shard {self.population}/{self.index}")
         for field in table.schema.names:
@@ -631,11 +634,11 @@ def partial(spec: dict, values, n: int):
     if fn == "count":
         return int(len(present))
     if fn in ("mean", "sum"):
-        return (float(present.sum()), int(len(present)))
+        return (exact_sum(present), int(len(present)))
     if fn == "share":
         return (float((present != 0).sum()), int(len(present)))
     if fn == "std":
-        return (int(len(present)), float(present.sum()), float((present ** 2).sum()))
+        return (int(len(present)), exact_sum(present), exact_sum(present ** 2))
     if fn in ("min", "max"):
         return (float(present.min()) if fn == "min" else float(present.max())) if len(present) else None
     if fn == "histogram" and "low" in spec["params"] and "high" in spec["params"]:
@@ -645,21 +648,44 @@ def partial(spec: dict, values, n: int):
     return present  # median, quantile, histogram without a range: the values themselves
 
 
+def exact_sum(values: np.ndarray) -> tuple[float, float]:
+    """(hi, lo): hi is the correctly rounded sum of `values`, lo the correctly rounded rest.
+
+    Shards add their agents' values; summing the shards' float sums would depend on where the
+    shard boundaries fall (in the last bits). fsum of every shard's (hi, lo) is the correctly
+    rounded total whatever the sharding, so 1, 2 or 40 shards give the same mean, bit for bit.
+    Whole numbers (counts, int answers, bools) whose sum is exact in a float take numpy's sum.
+    """
+    if not len(values):
+        return (0.0, 0.0)
+    magnitude = float(np.abs(values).sum())
+    if magnitude < 2.0 ** 53 and bool(np.all(values == np.trunc(values))):
+        return (float(values.sum()), 0.0)
+    items = values.tolist()
+    hi = math.fsum(items)
+    items.append(-hi)
+    return (hi, math.fsum(items))
+
+
+def _total(pairs) -> float:
+    return math.fsum(x for pair in pairs for x in pair)
+
+
 def combine(spec: dict, parts: list):
     fn, params = spec["agg"], spec["params"]
     if fn == "count":
         return int(sum(parts))
     if fn == "mean":
-        total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        total, count = _total(p[0] for p in parts), sum(p[1] for p in parts)
         return total / count if count else float("nan")
     if fn == "sum":
-        total = sum(p[0] for p in parts)
+        total = _total(p[0] for p in parts)
         return int(total) if params.get("int") else total
     if fn == "share":
         t, c = sum(p[0] for p in parts), sum(p[1] for p in parts)
         return t / c if c else float("nan")
     if fn == "std":
-        n, s, ss = (sum(p[i] for p in parts) for i in range(3))
+        n, s, ss = sum(p[0] for p in parts), _total(p[1] for p in parts), _total(p[2] for p in parts)
         return float(np.sqrt(max(ss / n - (s / n) ** 2, 0.0))) if n else float("nan")
     if fn in ("min", "max"):
         present = [p for p in parts if p is not None]
