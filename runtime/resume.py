@@ -83,7 +83,15 @@ def _usable(state, plan) -> bool:
         if bounds[-1] != plan.populations[pop].size:
             return False
     keys = ("calls", "tokens_in", "tokens_out", "errors", "agents", "steps")
-    return all(whole(state["totals"].get(k)) for k in keys) and state["metrics_lines"] >= 0
+    if not all(whole(state["totals"].get(k)) for k in keys) or state["metrics_lines"] < 0:
+        return False
+    # Read again in the summary, outside the run's error handling: a wrong type there would be a traceback.
+    if not all(name in plan.models and isinstance(m, dict) and all(whole(m.get(k)) for k in keys[:3])
+               for name, m in state["by_model"].items()):
+        return False
+    elapsed, latencies = state.get("elapsed", 0.0), state.get("latencies", {})
+    return (isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and isinstance(latencies, dict)
+            and all(isinstance(v, list) for v in latencies.values()))
 
 
 def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, quiet: bool = True,

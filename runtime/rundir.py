@@ -203,9 +203,9 @@ class RunDir:
         """On resume: keep the records made before the checkpoint; the rest are made again."""
         self._metrics.close()
         path = self.file("metrics.jsonl")
-        with open(path, encoding="utf-8") as f:
-            kept = [line for line in f if line.endswith("\n")][:lines]
-        write_atomic(path, "".join(kept).encode("utf-8"))
+        with open(path, "rb") as f:  # bytes: a damaged line is kept or dropped, never decoded here
+            kept = [line for line in f if line.endswith(b"\n")][:lines]
+        write_atomic(path, b"".join(kept))
         self._metrics = _AppendOnly(path)
         self.metrics_written = len(kept)
 
