@@ -204,15 +204,18 @@ class Driver:
         return summary
 
     def _personas(self) -> None:
+        # Texts agreed before the shards started (executors.agreed_persona_texts), then the shards' own.
+        usages = [getattr(self.executor, "write_usage", {})]
         for pop in sorted(self.plan.populations):
-            for usage in self.executor.call(pop, "take_write_usage"):
-                for model, counts in usage.items():
-                    m = self.by_model.setdefault(model, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
-                    for key, value in counts.items():
-                        m[key] = m.get(key, 0) + value
-                    self.totals["calls"] += counts["calls"]
-                    self.totals["tokens_in"] += counts["tokens_in"]
-                    self.totals["tokens_out"] += counts["tokens_out"]
+            usages.extend(self.executor.call(pop, "take_write_usage"))
+        for usage in usages:
+            for model, counts in usage.items():
+                m = self.by_model.setdefault(model, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
+                for key, value in counts.items():
+                    m[key] = m.get(key, 0) + value
+                self.totals["calls"] += counts["calls"]
+                self.totals["tokens_in"] += counts["tokens_in"]
+                self.totals["tokens_out"] += counts["tokens_out"]
         if self.by_model:
             self._models_event()
         tables = {}

@@ -30,13 +30,51 @@ def layout(plan, shards: int | None, default_shards: int) -> dict[str, list[tupl
     return out
 
 
+def agreed_persona_texts(plan, ranges: dict, options: dict | None) -> tuple[dict, dict]:
+    """({population: texts every shard of it uses}, {model: calls and tokens spent here}).
+
+    Only for a population split over several shards whose persona writes `reuse per` texts: the
+    texts are written here, once per combination for the whole population (personas.agreed_texts),
+    before the shards start, and the shards take them instead of writing their own.
+    """
+    from . import personas
+    from .models import make_model
+    from .shard import write_texts
+
+    known, usage, models = {}, {}, {}
+
+    def write(name: str, prompts: list[str]) -> list[str]:
+        if name not in models:
+            models[name] = make_model(plan.raw["models"][name], 0, 1, options)
+        return write_texts(models[name], name, prompts, plan.seed, usage)
+
+    try:
+        for pop_name, rs in sorted(ranges.items()):
+            pop = plan.populations[pop_name]
+            if len(rs) > 1 and pop.persona:
+                texts = personas.agreed_texts(plan.raw["personas"][pop.persona], pop.size, plan.seed, write)
+                if texts:
+                    known[pop_name] = texts
+    finally:
+        for model in models.values():
+            cache = getattr(model, "cache", None)
+            if cache is not None:
+                cache.flush()  # the replies are the shards' (and a resume's) too
+    return known, usage
+
+
+def _with_texts(options: dict | None, known: dict, pop: str) -> dict | None:
+    return dict(options or {}, persona_texts=known[pop]) if pop in known else options
+
+
 class LocalExecutor:
     name = "local"
 
     def __init__(self, plan_raw: dict, plan, shards: int | None, options: dict | None = None, ranges=None):
         self.ranges = ranges = ranges or layout(plan, shards, 1)
-        self.shards = {pop: [Shard(plan_raw, pop, i, a, b, len(rs), options) for i, (a, b) in enumerate(rs)]
-                       for pop, rs in ranges.items()}
+        known, self.write_usage = agreed_persona_texts(plan, ranges, options)
+        self.shards = {pop: [Shard(plan_raw, pop, i, a, b, len(rs), _with_texts(options, known, pop))
+                             for i, (a, b) in enumerate(rs)] for pop, rs in ranges.items()}
 
     def call(self, population: str, method: str, *args, on_done=None, on_wait=None) -> list:
         """Call `method` on every shard of `population`; results in shard order.
@@ -105,8 +143,11 @@ class RayExecutor:
         self.restarts: list[dict] = []
         # The plan goes inline with each actor's creation (it is a few KB: plans do not grow with
         # agents), so Ray keeps it in the actor's spec and a restarted actor gets it again.
-        self.actors = {pop: [remote.remote(plan_raw, pop, i, a, b, len(rs), options) for i, (a, b) in enumerate(rs)]
-                       for pop, rs in ranges.items()}
+        known, self.write_usage = agreed_persona_texts(plan, ranges, options)
+        place = _spread(ray)
+        self.actors = {pop: [remote.options(**place()).remote(plan_raw, pop, i, a, b, len(rs),
+                                                               _with_texts(options, known, pop))
+                             for i, (a, b) in enumerate(rs)] for pop, rs in ranges.items()}
         try:
             ray.get([a.ready.remote() for actors in self.actors.values() for a in actors])
         except Exception:
@@ -189,6 +230,27 @@ class RayExecutor:
         self.actors = {}
         if self.started_ray:
             self.ray.shutdown()
+
+
+def _spread(ray):
+    """Where the next shard goes: the cluster's nodes in turn, one turn per CPU (the driver's node
+    first). Shards ask for no CPU, so Ray alone would pack them all on the driver's node. Soft: a
+    shard whose node is lost is restarted by Ray on a node that is left."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    nodes = sorted((n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0),
+                   key=lambda n: (n["NodeID"] != here, n["NodeID"]))
+    slots = [n["NodeID"] for k in range(int(max((n["Resources"]["CPU"] for n in nodes), default=0)))
+             for n in nodes if n["Resources"]["CPU"] > k]
+    turn = iter(range(1 << 62))
+
+    def place() -> dict:
+        if not slots:
+            return {}
+        node = slots[next(turn) % len(slots)]
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)}
+    return place
 
 
 def make_executor(kind: str, plan, shards: int | None = None, address: str | None = None, options: dict | None = None,

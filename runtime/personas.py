@@ -49,8 +49,14 @@ def _draw(dist: dict, seed: int, purpose: str, start: int, stop: int):
 
 
 def sample(persona: dict | None, start: int, stop: int, seed: int,
-           write: Callable[[str, list[str]], list[str]] | None = None) -> dict:
-    """Columns for agents [start, stop) of one persona (a plan persona dict with `fields`)."""
+           write: Callable[[str, list[str]], list[str]] | None = None, known: dict | None = None,
+           record: dict | None = None) -> dict:
+    """Columns for agents [start, stop) of one persona (a plan persona dict with `fields`).
+
+    `known` ({"by_key": {field: {repr(combination): text}}, "by_prompt": {field: {prompt: text}}})
+    holds written texts agreed for the whole population (see agreed_texts): those are not written
+    again. `record`, when given, is filled with the texts written here in the same form.
+    """
     ids = np.arange(start, stop, dtype=np.int64)
     columns: dict = {}
     types: dict = {}
@@ -76,8 +82,7 @@ def sample(persona: dict | None, start: int, stop: int, seed: int,
                         out[:] = np.nan
                 mask = np.ones(stop - start, dtype=bool) if case["key"] is None else (on == case["key"])
                 if case["key"] is None:
-                    known = np.isin(on, [c["key"] for c in f["cases"]])
-                    mask = ~known
+                    mask = ~np.isin(on, [c["key"] for c in f["cases"]])
                 out[mask] = values[mask]
             columns[name] = out
         elif kind == "derive":
@@ -87,7 +92,7 @@ def sample(persona: dict | None, start: int, stop: int, seed: int,
             if isinstance(columns[name], list):
                 columns[name] = np.array(columns[name], dtype=object)
         elif kind == "write":
-            columns[name] = _write(f, frame, ctx, write)
+            columns[name] = _write(f, frame, ctx, write, known, record)
         elif kind == "table":
             for col, values in _table_rows(f, seed, purpose, start, stop).items():
                 columns[f"{name}.{col}"] = values
@@ -107,31 +112,68 @@ def column_types(persona: dict | None) -> dict:
     return types
 
 
-def _write(f: dict, frame: Frame, ctx: Context, write) -> np.ndarray:
+def _write(f: dict, frame: Frame, ctx: Context, write, known: dict | None = None, record: dict | None = None) -> np.ndarray:
+    name = f["name"]
     if f.get("reuse_per") is not None:
         # One text per distinct combination of the named fields: the first agent (lowest id) with
         # that combination stands for it, and only those agents' prompts are rendered.
         codes, first = _combinations([frame.columns[k] for k in f["reuse_per"]], frame.size)
-        keys = [tuple(frame.columns[k][i] for k in f["reuse_per"]) for i in first.tolist()]
-        sub = Frame(columns={k: v[first] for k, v in frame.columns.items()}, ids=frame.ids[first], types=frame.types)
-        prompts = evaluate(f["template"], sub, ctx)
-        if not is_vector(prompts):
-            prompts = [prompts] * len(first)
-        # Calls go out in a stable order (by the combination), whatever order the agents come in.
-        order = sorted(range(len(first)), key=lambda j: repr(keys[j]))
-        written = write(f["model"], [prompts[j] for j in order])
+        keys = [repr(tuple(_plain(frame.columns[k][i]) for k in f["reuse_per"])) for i in first.tolist()]
+        agreed = (known or {}).get("by_key", {}).get(name, {})
         texts = np.empty(len(first), dtype=object)
-        for j, text in zip(order, written):
-            texts[j] = text
+        missing = [j for j, key in enumerate(keys) if key not in agreed]
+        for j, key in enumerate(keys):
+            if key in agreed:
+                texts[j] = agreed[key]
+        if missing:
+            pick = first[missing]
+            sub = Frame(columns={k: v[pick] for k, v in frame.columns.items()}, ids=frame.ids[pick], types=frame.types)
+            prompts = evaluate(f["template"], sub, ctx)
+            if not is_vector(prompts):
+                prompts = [prompts] * len(missing)
+            # Calls go out in a stable order (by the combination), whatever order the agents come in.
+            order = sorted(range(len(missing)), key=lambda m: keys[missing[m]])
+            written = write(f["model"], [prompts[m] for m in order])
+            for m, text in zip(order, written):
+                texts[missing[m]] = text
+        if record is not None:
+            record.setdefault("by_key", {})[name] = dict(zip(keys, texts.tolist()))
         return texts[codes] if frame.size else np.empty(0, dtype=object)
     prompts = evaluate(f["template"], frame, ctx)
     if not is_vector(prompts):
         prompts = [prompts] * frame.size
-    distinct = sorted(set(prompts))
-    texts = dict(zip(distinct, write(f["model"], distinct)))
+    agreed = (known or {}).get("by_prompt", {}).get(name, {})
+    distinct = sorted(set(prompts) - set(agreed))
+    texts = dict(agreed)
+    texts.update(zip(distinct, write(f["model"], distinct) if distinct else []))
+    if record is not None:
+        record.setdefault("by_prompt", {})[name] = {p: texts[p] for p in set(prompts)}
     out = np.empty(frame.size, dtype=object)
     out[:] = [texts[p] for p in prompts]
     return out
+
+
+def _plain(value):
+    """A numpy scalar as the Python value it holds (repr(np.int64(3)) is not repr(3))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def agreed_texts(persona: dict, size: int, seed: int, write) -> dict:
+    """Written texts for a whole population, so that shards agree on them (known= in sample).
+
+    Shards sample their own id ranges; with `reuse per` each would write a text for every
+    combination it holds, so a combination spread over four shards cost four calls and, with a
+    model that answers differently each time, got four different texts. Here the population is
+    sampled once up to its last `reuse per` field, the first agent of each combination in the
+    whole population stands for it (as with one shard), and every text is written once.
+    """
+    fields = persona["fields"]
+    last = max((i for i, f in enumerate(fields) if f["kind"] == "write" and f.get("reuse_per") is not None), default=-1)
+    if last < 0:
+        return {}
+    record: dict = {}
+    sample({**persona, "fields": fields[:last + 1]}, 0, size, seed, write=write, record=record)
+    return record
 
 
 def _combinations(columns: list[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,8 @@ class Shard:
         self.models: dict = {}
         self.write_usage: dict = {}
         persona = self.plan.raw["personas"].get(pop.persona) if pop.persona else None
-        self.columns = personas.sample(persona, start, stop, self.seed, write=self._write)
+        self.columns = personas.sample(persona, start, stop, self.seed, write=self._write,
+                                       known=self.options.get("persona_texts"))
         self.persona_fields = list(self.columns)
         self.types = personas.column_types(persona)
         for name, st in pop.state.items():
@@ -117,17 +118,7 @@ class Shard:
         return self.models[name]
 
     def _write(self, model_name: str, prompts: list[str]) -> list[str]:
-        model = self.model(model_name)
-        texts = model.write(prompts, self.seed)
-        log = getattr(model, "last_write_log", None)
-        if log is not None:
-            usage = self.write_usage.setdefault(model_name, {"calls": 0, "tokens_in": 0, "tokens_out": 0,
-                                                              "cache_read": 0, "cache_write": 0, "cache_hits": 0})
-            for key, value in (("calls", log.calls), ("tokens_in", log.tokens_in), ("tokens_out", log.tokens_out),
-                               ("cache_read", log.cache_read), ("cache_write", log.cache_write),
-                               ("cache_hits", log.cache_hits)):
-                usage[key] += value
-        return texts
+        return write_texts(self.model(model_name), model_name, prompts, self.seed, self.write_usage)
 
     def take_write_usage(self) -> dict:
         """Calls and tokens spent writing persona texts (once): the driver adds them to the run's totals."""
@@ -618,6 +609,18 @@ def arrow_values(values: np.ndarray, ty: dict) -> pa.Array:
 
 
 # ------------------------------------------------------------------ map-reduce aggregates
+def write_texts(model, model_name: str, prompts: list[str], seed: int, usage: dict) -> list[str]:
+    """Persona texts from `model`; its calls and tokens are added to `usage[model_name]`."""
+    texts = model.write(prompts, seed)
+    log = getattr(model, "last_write_log", None)
+    if log is not None:
+        counts = usage.setdefault(model_name, {"calls": 0, "tokens_in": 0, "tokens_out": 0,
+                                               "cache_read": 0, "cache_write": 0, "cache_hits": 0})
+        for key in counts:
+            counts[key] += getattr(log, key)
+    return texts
+
+
 def partial(spec: dict, values, n: int):
     """One shard's partial result for an aggregate; `combine` reduces partials to the value."""
     fn = spec["agg"]

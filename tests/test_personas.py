@@ -389,6 +389,25 @@ def test_reuse_per_writes_once_per_combination_and_the_cache_pays_nothing(tmp_pa
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "second" / "personas.parquet"), table)
 
 
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_shards_agree_on_reused_texts_and_pay_once(tmp_path, fake_anthropic, request, executor):
+    """Four shards hold every (city, job): still one call per combination, and the text of the
+    whole population's first agent with it, as with one shard, even when the prompt also shows a
+    field outside `reuse per` (age: warning W1001) that differs between the shards' first agents."""
+    if executor == "ray":
+        request.getfixturevalue("ray_session")
+    path = _written(tmp_path, reuse="reuse per (city, job)")
+    path.write_text(path.read_text().replace("from {{ city }}.", "from {{ city }}, aged {{ age }}."))
+    raw = compile_file(str(path), []).plan
+    one = run_plan(plan_from_dict(raw), executor="local", shards=1, run_dir=str(tmp_path / "one"))
+    assert fake_anthropic.requests == 12
+    four = run_plan(plan_from_dict(raw), executor=executor, shards=4, run_dir=str(tmp_path / "four"))
+    assert fake_anthropic.requests == 24  # 12 more (a new cache): not 12 per shard
+    assert four["models"]["scribe"]["calls"] == one["models"]["scribe"]["calls"] == 12
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "four" / "personas.parquet"),
+                                  pd.read_parquet(tmp_path / "one" / "personas.parquet"))
+
+
 def test_without_reuse_per_one_text_per_distinct_prompt(tmp_path, fake_anthropic):
     path = _written(tmp_path, reuse="")
     text = path.read_text().replace("from {{ city }}.", "from {{ city }}, aged {{ age }}.")
