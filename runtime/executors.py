@@ -15,6 +15,7 @@ from .shard import Shard
 
 MAX_RESTARTS = 3  # a shard that keeps dying fails the run after this many restarts (it stays resumable)
 MUTATING = ("ask", "set_state", "tell", "broadcast")  # calls that change agents: replayed after a restart
+SHARD_CPUS = 0.001  # what a shard actor asks of Ray: not 0, or Ray would not spread shards over nodes
 SAMPLE_EVERY = 1.0  # seconds between `on_wait` samples while a call runs (the monitor's calls in flight)
 
 
@@ -130,23 +131,23 @@ class RayExecutor:
             ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
             self.started_ray = True
         self.ranges = ranges = ranges or layout(plan, shards, int(ray.cluster_resources().get("CPU", 1)))
-        # num_cpus=0: we size the shard pool ourselves; actors asking 1 CPU each would queue forever
-        # once there are more shards than CPUs. A shard whose process dies is restarted by Ray and
-        # reloads the latest checkpoint; we (not Ray) then replay the agent-changing calls made
+        # A token CPU share (SHARD_CPUS): we size the shard pool ourselves; actors asking 1 CPU each
+        # would queue forever once there are more shards than CPUs. A shard whose process dies is
+        # restarted by Ray and reloads the latest checkpoint; we (not Ray) then replay the agent-changing calls made
         # since that checkpoint and send the failed call again, so no step is lost or done twice.
         restarts = MAX_RESTARTS if (options or {}).get("restartable") else 0
         self.restartable = bool(restarts)
         # The "monitor" group: `load` answers on its own thread while the shard is busy in `ask`.
-        remote = ray.remote(num_cpus=0, max_restarts=restarts, max_task_retries=0,
-                            concurrency_groups={"monitor": 1})(Shard)
+        # SPREAD puts shards on the cluster's nodes in turn (and a lost node's shards on the nodes
+        # left when Ray restarts them); Ray spreads only actors that ask for some resource.
+        remote = ray.remote(num_cpus=SHARD_CPUS, max_restarts=restarts, max_task_retries=0,
+                            scheduling_strategy="SPREAD", concurrency_groups={"monitor": 1})(Shard)
         self.journal: dict[str, list] = {pop: [] for pop in ranges}
         self.restarts: list[dict] = []
         # The plan goes inline with each actor's creation (it is a few KB: plans do not grow with
         # agents), so Ray keeps it in the actor's spec and a restarted actor gets it again.
         known, self.write_usage = agreed_persona_texts(plan, ranges, options)
-        place = _spread(ray)
-        self.actors = {pop: [remote.options(**place()).remote(plan_raw, pop, i, a, b, len(rs),
-                                                               _with_texts(options, known, pop))
+        self.actors = {pop: [remote.remote(plan_raw, pop, i, a, b, len(rs), _with_texts(options, known, pop))
                              for i, (a, b) in enumerate(rs)] for pop, rs in ranges.items()}
         try:
             ray.get([a.ready.remote() for actors in self.actors.values() for a in actors])
@@ -230,27 +231,6 @@ class RayExecutor:
         self.actors = {}
         if self.started_ray:
             self.ray.shutdown()
-
-
-def _spread(ray):
-    """Where the next shard goes: the cluster's nodes in turn, one turn per CPU (the driver's node
-    first). Shards ask for no CPU, so Ray alone would pack them all on the driver's node. Soft: a
-    shard whose node is lost is restarted by Ray on a node that is left."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = ray.get_runtime_context().get_node_id()
-    nodes = sorted((n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0),
-                   key=lambda n: (n["NodeID"] != here, n["NodeID"]))
-    slots = [n["NodeID"] for k in range(int(max((n["Resources"]["CPU"] for n in nodes), default=0)))
-             for n in nodes if n["Resources"]["CPU"] > k]
-    turn = iter(range(1 << 62))
-
-    def place() -> dict:
-        if not slots:
-            return {}
-        node = slots[next(turn) % len(slots)]
-        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)}
-    return place
 
 
 def make_executor(kind: str, plan, shards: int | None = None, address: str | None = None, options: dict | None = None,

@@ -300,3 +300,77 @@ def test_the_response_cache_on_a_full_disk_raises_instead_of_hanging(tmp_path, h
         assert proc.returncode == 3, err
         # SQLite says "full" for ENOSPC and "disk I/O error" for EFBIG
         assert out.strip() in (f"{path}: database or disk is full", f"{path}: disk I/O error"), out
+
+
+# ---------------------------------------------------------------- a lost Ray node
+
+LOST_NODE = """
+import json, os, sys, threading, time
+import ray
+from ray.cluster_utils import Cluster
+from populace.compiler import compile_file
+from populace.compiler.plan import plan_from_dict
+import populace.runtime.run as run_module
+
+scenario, run_dir = sys.argv[1], sys.argv[2]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 << 20,
+                                                         "include_dashboard": False})
+second = cluster.add_node(num_cpus=1, object_store_memory=80 << 20)
+ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
+cluster.wait_for_nodes()
+plan = plan_from_dict(compile_file(scenario, ["players=400", "rounds=3"]).plan)
+made, seen = {}, {}
+original = run_module.make_executor
+
+def spy(*args, **kwargs):  # reach the executor the run creates, to see where its shards are
+    made["executor"] = original(*args, **kwargs)
+    return made["executor"]
+
+def listener(event):
+    if event["type"] == "run_started":
+        nodes = [ray.get(a.info.remote())["node"] for a in made["executor"].actors["players"]]
+        seen["placed"] = ["second" if n == second.node_id else "head" for n in nodes]
+    if event["type"] == "step_started" and event.get("iteration") == "[round=2]" and "removed" not in seen:
+        seen["removed"] = False
+        def remove():  # mid-step: the shard on the second node waits on its model calls
+            time.sleep(0.3)
+            cluster.remove_node(second)
+            seen["removed"] = True
+        threading.Thread(target=remove).start()
+
+run_module.make_executor = spy
+summary = run_module.run_plan(plan, executor="ray", shards=2, run_dir=run_dir, listener=listener)
+print(json.dumps(dict(seen, status=summary["status"])), flush=True)
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_lost_ray_node_restarts_its_shards_on_the_head_and_the_results_are_unchanged(tmp_path):
+    from populace.compiler import compile_file
+    from populace.compiler.plan import plan_from_dict
+    from populace.runtime.run import run_plan
+
+    path = slow_flagship(tmp_path, latency="600ms")
+    plan = plan_from_dict(compile_file(str(path), ["players=400", "rounds=3"]).plan)
+    assert run_plan(plan, executor="local", shards=2, run_dir=str(tmp_path / "calm"))["status"] == "finished"
+
+    # A cluster of its own (head and a second node, 1 CPU each) in its own process: this test
+    # session's Ray (ray_session) is another cluster.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"
+    proc = cli(str(path), str(tmp_path / "stormy"), code=LOST_NODE, env=env)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+    outcome = json.loads(out.strip().splitlines()[-1])
+    # Shards are spread over the nodes: one lived on the second node, and the node went mid-step.
+    assert sorted(outcome["placed"]) == ["head", "second"], outcome
+    assert outcome["removed"] and outcome["status"] == "finished"
+    same_results(tmp_path / "calm", tmp_path / "stormy")
+    restarts = [e for e in read_events(str(tmp_path / "stormy" / "events.jsonl")) if e["type"] == "shard_restarted"]
+    lost = outcome["placed"].index("second")
+    assert len(restarts) == 1 and restarts[0]["shard"] == lost and restarts[0]["iteration"] == "[round=2]"
+    assert restarts[0]["from_checkpoint"] == "000002" and restarts[0]["replayed"] == 0
+    moved = [e for e in read_events(str(tmp_path / "stormy" / "events.jsonl")) if e["type"] == "shards"][-1]
+    assert len({s["node"] for s in moved["shards"]}) == 1  # both shards on the head now
