@@ -178,6 +178,7 @@ def same_results(a: Path, b: Path) -> None:
         assert pq.read_table(a / f).equals(pq.read_table(b / f)), f
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_run_and_resume_finishes_it_identically(tmp_path):
     path = slow_flagship(tmp_path)
     run = ["run", str(path), "--set", "players=300", "--set", "rounds=8", "--executor", "local"]
