@@ -86,7 +86,9 @@ class RunState:
         elif kind == "models":  # each model's run totals so far: they replace what step_finished added
             models = e.get("models")
             if isinstance(models, dict):
-                self.by_model = {name: dict(m) for name, m in models.items() if isinstance(m, dict)}
+                # step_finished adds to these three: a damaged event's missing or odd counts start at 0
+                self.by_model = {name: dict(m, **{k: _number(m, k) for k in ("calls", "tokens_in", "tokens_out")})
+                                 for name, m in models.items() if isinstance(m, dict)}
         elif kind == "calls_in_flight":
             models = e.get("models")
             self.in_flight = dict(models) if isinstance(models, dict) else {}

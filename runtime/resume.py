@@ -91,7 +91,16 @@ def _usable(state, plan) -> bool:
         return False
     elapsed, latencies = state.get("elapsed", 0.0), state.get("latencies", {})
     return (isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool) and isinstance(latencies, dict)
-            and all(isinstance(v, list) for v in latencies.values()))
+            and all(_latencies(v) for v in latencies.values()))
+
+
+def _latencies(saved) -> bool:
+    """A model's latencies: a histogram (bucket number as text -> calls), or a list of seconds (older)."""
+    if isinstance(saved, list):
+        return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in saved)
+    return isinstance(saved, dict) and all(
+        isinstance(k, str) and k.lstrip("-").isdigit() and isinstance(n, int) and not isinstance(n, bool)
+        for k, n in saved.items())
 
 
 def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, quiet: bool = True,

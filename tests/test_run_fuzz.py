@@ -243,10 +243,10 @@ def test_a_damaged_run_directory_resumes_or_says_why(finished_run, damages):
 @settings(max_examples=200, deadline=None)
 @given(st.lists(json_values | st.fixed_dictionaries({"type": st.sampled_from(
     ["run_started", "step_started", "shard_finished", "step_finished", "agent_errors", "record", "run_finished",
-     "run_failed", "checkpoint", "shard_restarted"])}, optional={"t": json_values, "agents": json_values,
-                                                                "by_model": json_values, "samples": json_values,
-                                                                "values": json_values, "status": json_values,
-                                                                "format": json_values, "step": json_values}),
+     "run_failed", "checkpoint", "shard_restarted", "models", "calls_in_flight", "shards"])},
+    optional={"t": json_values, "agents": json_values, "models": json_values, "shards": json_values,
+              "population": json_values, "by_model": json_values, "samples": json_values,
+              "values": json_values, "status": json_values, "format": json_values, "step": json_values}),
                 max_size=12))
 def test_the_event_fold_takes_any_json_line(lines):
     path = _WORK / "events.jsonl"

@@ -93,6 +93,24 @@ def test_a_run_directory_without_stamps_is_format_1_and_resumes(tmp_path):
     assert metrics(run_dir) == finished
 
 
+def test_checkpoints_with_model_latencies_resume(tmp_path):
+    """driver.json keeps each model's latencies as a histogram (as a list before): both are usable."""
+    run_dir = tmp_path / "r"
+    small_run(run_dir)
+    finished = metrics(run_dir)
+    newest, before = sorted((run_dir / "checkpoints").iterdir())[::-1]
+    rewrite_json(newest / "driver.json", lambda s: s.update(latencies={"level_k": {"12": 3, "40": 1}}))
+    rewrite_json(before / "driver.json", lambda s: s.update(latencies={"level_k": [0.01, 0.2]}))
+    from populace.compiler.plan import read_plan
+    from populace.runtime.resume import checkpoints
+
+    assert [Path(d).name for d, _ in checkpoints(str(run_dir), read_plan(str(run_dir / "plan.json")))] == [
+        newest.name, before.name]
+    (run_dir / "summary.json").unlink()
+    assert main(["resume", str(run_dir), "--executor", "local", "--quiet"]) == 0
+    assert metrics(run_dir) == finished
+
+
 @pytest.mark.parametrize("where", ["driver.json", "arrow", "events"])
 def test_a_newer_format_is_refused_not_taken_for_damage(tmp_path, capsys, where):
     run_dir = tmp_path / where
