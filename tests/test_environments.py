@@ -348,6 +348,23 @@ def test_grid_moves_and_neighbourhoods(grid_runs):
         np.testing.assert_array_equal(cells["plain"][east] // 6, y[east])
 
 
+@pytest.mark.parametrize("width, height, agents", [(12, 9, 200), (60, 50, 40)])  # dense: cell table; sparse: binary search
+@pytest.mark.parametrize("torus, moore, radius", [(True, True, 1), (False, False, 2), (False, True, 2)])
+def test_grid_adjacency_matches_brute_force(width, height, agents, torus, moore, radius):
+    from populace.runtime import environments
+
+    class Env:
+        params = {"width": width, "height": height, "torus": torus, "radius": radius,
+                  "neighborhood": "moore" if moore else "von_neumann"}
+
+    cells = np.random.default_rng(width).integers(0, width * height, agents)
+    offsets, neighbours = environments.grid_adjacency(Env, cells, 5, agents - 3)
+    for row, i in enumerate(range(5, agents - 3)):
+        around = _cells_near(cells[i], width, height, torus, moore, radius)
+        want = sorted(j for j in range(agents) if j != i and cells[j] in around)
+        assert neighbours[offsets[row]:offsets[row + 1]].tolist() == want, i
+
+
 @pytest.mark.slow
 def test_grids_agree_across_executors_and_shards(grid_runs):
     assert_same_runs(grid_runs)
