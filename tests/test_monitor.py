@@ -345,6 +345,14 @@ def page_user():
     return open_page
 
 
+def _page_errors(caplog) -> list:
+    """Errors the page logged. NiceGUI's simulated-app teardown sometimes reports that it could not
+    cancel its own timer tasks within 2 s (seen on and off here, with every assertion passed): that
+    is the test harness shutting down, not the page, and is left out."""
+    return [r for r in caplog.records if r.levelname == "ERROR"
+            and not (r.name.startswith("nicegui") and r.getMessage().startswith("Could not cancel"))]
+
+
 def _value(user, marker: str):
     [element] = user.find(marker=marker).elements
     return element
@@ -390,7 +398,7 @@ async def test_page_shows_a_finished_run(page_user, run_dir, caplog):
         assert [r["iteration"] for r in answers.rows] == ["[round=3]", "[round=2]", "[round=1]"]
         # no control on a finished run
         assert not _value(user, "pause").enabled and not _value(user, "stop").enabled
-    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert not _page_errors(caplog)
 
 
 @pytest.mark.asyncio
@@ -463,7 +471,7 @@ async def test_page_shows_models_and_cluster_live(page_user, run_dir, tmp_path, 
         nodes = sorted(e.text for e in user.find(marker="node").elements)
         assert nodes == ["node a1b2c3d4 10.0.0.1 host-1: 1 shard(s), 100 agents, 14.1 KiB cols, 300.0 MiB RSS",
                          "node e5f6a7b8 10.0.0.2 host-2: 1 shard(s), 100 agents, 14.1 KiB cols, 120.0 MiB RSS"]
-    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert not _page_errors(caplog)
 
 
 @pytest.mark.asyncio
