@@ -39,6 +39,8 @@ class Context:
     environments: dict[str, dict] = field(default_factory=dict)
     env_fields: dict[str, dict[str, Ty]] = field(default_factory=dict)
     extension_kinds: dict[str, object] = field(default_factory=dict)  # kind -> extensions.KindSpec
+    extra_sources: dict[str, str] = field(default_factory=dict)  # extension .py next to the scenario -> sha256
+    extensions_failed: bool = False  # an extension module was reported: unknown kinds are not reported again
     workflow: list = field(default_factory=list)
     plan: dict = field(default_factory=dict)
     step_ids: dict[str, int] = field(default_factory=dict)

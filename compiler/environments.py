@@ -44,8 +44,8 @@ def lower_kind(ctx, decl: n.EnvironmentDecl) -> dict:
         positional = list(_POSITIONAL.get(kind, ()))
     else:
         extension = find_extension(ctx, kind, span)
-        if extension is None:
-            return {"kind": "board", "params": {}}
+        if extension is None:  # reported: its methods are not reported again (`_unknown`)
+            return {"kind": "board", "params": {}, "_unknown": True}
         spec = {k: (p.type, p.required, p.default) for k, p in extension.params.items()}
         positional = list(spec)  # a Python kind's parameters may be given in declaration order
     given: dict[str, n.Arg] = {}
@@ -71,7 +71,8 @@ def lower_kind(ctx, decl: n.EnvironmentDecl) -> dict:
         given[name] = arg
     out: dict = {"kind": kind, "params": {}}
     if extension is not None:
-        out = {"kind": "python", "params": {}, "extension": {"kind": kind, "class": extension.target}}
+        out = {"kind": "python", "params": {}, "extension": {"kind": kind, "class": extension.target,
+                                                               "signature": extension.signature()}}
     for name, (typ, required, default) in spec.items():
         arg = given.get(name)
         if arg is None:
@@ -89,13 +90,18 @@ def lower_kind(ctx, decl: n.EnvironmentDecl) -> dict:
         elif typ == "generator":
             out["params"]["generator"] = _generator(ctx, arg.value)
         else:
-            ty, ir = Checker(ctx, Scope("constant")).expr(arg.value)
-            if "lit" not in ir or not _fits(ir["lit"], typ):
-                ctx.error("E1030", arg.value.span, f"`{name}` must be a constant {typ.__name__}")
+            ok, value = _constant(ctx, arg.value)
+            if not ok:
+                ctx.error("E1030", arg.value.span, f"`{name}` must be a constant {typ.__name__}",
+                          hint="a value known before the run: literals, param.NAME and arithmetic on them")
                 continue
-            if extension is not None and not _in_range(ctx, arg.value.span, name, ir["lit"], extension.params[name]):
+            if not _fits(value, typ):
+                ctx.error("E1030", arg.value.span, f"`{name}` must be {_article(typ.__name__)} {typ.__name__}, "
+                          f"not {type(value).__name__ if value is not None else 'none'}")
                 continue
-            out["params"][name] = float(ir["lit"]) if typ is float else ir["lit"]
+            if extension is not None and not _in_range(ctx, arg.value.span, name, value, extension.params[name]):
+                continue
+            out["params"][name] = float(value) if typ is float else value
     if kind == "network" and "generator" not in out["params"] and "edges" not in out["params"]:
         ctx.error("E1030", span, "a network needs a generator or an edge list",
                   hint="e.g. network(people, small_world(k = 10, p = 0.1)) or network(people, edges = \"edges.csv\")")
@@ -114,6 +120,8 @@ def find_extension(ctx, kind: str, span):
     except ExtensionError as e:
         ctx.error("E1030", span, str(e), hint="reinstall or fix the package that offers it")
         return None
+    if spec is None and ctx.extensions_failed:
+        return None  # most likely in the module that failed to load, which is reported already
     if spec is None:
         known = sorted(KINDS) + sorted(ctx.extension_kinds)
         ctx.error("E1030", span, f"unknown environment kind `{kind}`",
@@ -126,15 +134,34 @@ def find_extension(ctx, kind: str, span):
 
 def _in_range(ctx, span, name: str, value, p) -> bool:
     """A Python kind's declared choices and bounds."""
-    if p.choices and value not in p.choices:
-        ctx.error("E1030", span, f"`{name}` must be one of {', '.join(map(repr, p.choices))}",
-                  hint=did_you_mean(str(value), [str(c) for c in p.choices]))
-        return False
-    if (p.low is not None and value < p.low) or (p.high is not None and value > p.high):
-        bounds = f"{'' if p.low is None else p.low}..{'' if p.high is None else p.high}"
-        ctx.error("E1030", span, f"`{name}` must be in {bounds}, not {value}")
+    from .extensions import param_problem
+
+    problem = param_problem(p, value)
+    if problem:
+        ctx.error("E1030", span, f"`{name}` {problem}",
+                  hint=did_you_mean(str(value), [str(c) for c in p.choices]) if p.choices else None)
         return False
     return True
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _constant(ctx, e: n.Expr) -> tuple[bool, object]:
+    """(True, value) for an expression known before the run (`-1.5`, `param.n * 2`), else (False, None)."""
+    from .expressions import Checker, Scope
+    from .plan.evaluate import EvalError, evaluate, is_constant
+
+    _, ir = Checker(ctx, Scope("constant")).expr(e)
+    if "lit" in ir:
+        return True, ir["lit"]
+    if not is_constant(ir):
+        return False, None
+    try:
+        return True, evaluate(ir)
+    except EvalError:
+        return False, None
 
 
 def _fits(value, typ) -> bool:
@@ -165,11 +192,11 @@ def _generator(ctx, e: n.Expr) -> dict:
             continue
         if key in order:
             order.remove(key)
-        ty, ir = Checker(ctx, Scope("constant")).expr(arg.value)
-        if "lit" not in ir or not _fits(ir["lit"], spec[key]):
+        ok, value = _constant(ctx, arg.value)
+        if not ok or not _fits(value, spec[key]):
             ctx.error("E1030", arg.value.span, f"`{key}` must be a constant {spec[key].__name__}")
             continue
-        out[key] = ir["lit"]
+        out[key] = value
     missing = [k for k in spec if k not in out]
     if missing:
         ctx.error("E1030", e.span, f"{name} needs {', '.join(missing)}", hint=f"{name}({', '.join(f'{k} = ...' for k in spec)})")
@@ -198,6 +225,8 @@ def methods_of(ctx, env: str) -> dict[str, tuple]:
     """env's methods: name -> (argument kinds, result type, statement?, per agent?)."""
     info = ctx.environments[env]
     kind = info["kind"]
+    if info.get("_unknown"):
+        return None
     if kind != "python":
         return {m: (args, result, (kind, m) in STATEMENTS, (kind, m) in PER_AGENT)
                 for m, (args, result) in METHODS.get(kind, {}).items()}
@@ -214,6 +243,10 @@ def methods_of(ctx, env: str) -> dict[str, tuple]:
 def method_type(checker, e: n.Call, env: str, kind: str, method: str, statement: bool = False):
     """Type and plan expression of `env.method(args)` (`statement`: written as a workflow statement)."""
     methods = methods_of(checker.ctx, env)
+    if methods is None:  # the environment's kind was already reported as unknown
+        for arg in e.args:
+            checker.expr(arg.value)
+        return ANY, {"lit": None}
     shown = checker.ctx.environments[env].get("extension", {}).get("kind", kind)
     if method not in methods:
         checker.ctx.error("E1013", e.func.span, f"a {shown} has no method `{method}`",
@@ -240,8 +273,11 @@ def method_type(checker, e: n.Call, env: str, kind: str, method: str, statement:
             ok_kinds = ("str", "enum", "any") if kind_wanted == "str" else \
                 (("int", "float", "bool", "any") if kind_wanted == "float" else (kind_wanted, "any"))
             if not ty.per_agent or ty.kind not in ok_kinds:
-                checker.ctx.error("E1010", arg.span, f"{env}.{method} takes one {kind_wanted} per agent, not {describe(ty)}",
-                                  hint=f"e.g. an ask's output or a state field: {pop or 'people'}.answer")
+                checker.ctx.error("E1010", arg.span, f"{env}.{method} takes one {kind_wanted} per agent, not {ty}",
+                                  hint=None if ty.per_agent else f"e.g. an ask's output or a state field: {pop or 'people'}.answer")
+            elif pop and ty.pop and ty.pop != pop:
+                checker.ctx.error("E1010", arg.span, f"{env}.{method} takes one value per `{pop}` agent; "
+                                  f"this is one per `{ty.pop}` agent", hint=f"{env} is over `{pop}`")
         else:
             want_ty = want if isinstance(want, Ty) else Ty(want)
             if ty.per_agent:

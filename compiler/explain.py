@@ -462,7 +462,11 @@ def _per_agent_dynamic(ir) -> bool:
             return True
         if "agg" in ir and "via" in ir:
             return True
-        if ir.get("method") == "degree" or ir.get("call") == "random":
+        if ir.get("call") == "random":
+            return True
+        # A Python kind's query may be one value per agent (its declaration is not in the plan): an
+        # upper bound, like every estimate here. Of the built-in methods only degree() is.
+        if "method" in ir and ir["method"] != "recent":
             return True
         return any(_per_agent_dynamic(v) for v in ir.values())
     if isinstance(ir, list):

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
+import os
+import re
 import sys
 import types as pytypes
 from dataclasses import dataclass, field
@@ -21,10 +24,17 @@ ENTRY_POINT_GROUP = "populace.environments"
 _REQUIRED = object()
 PARAM_TYPES = (int, float, str, bool, "population")
 VALUE_TYPES = (int, float, str, bool)
+BUILT_IN_KINDS = ("board", "chatroom", "network", "grid", "python")
+RESERVED = ("name", "seed", "start")  # attributes Populace sets or calls on every instance
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*$")
 
 
 class ExtensionError(Exception):
     """A class or module that cannot serve as an environment kind (said in words for the user)."""
+
+
+class DeclarationError(ExtensionError):
+    """The module imports (or fails inside): its own code or declarations are at fault, not the path."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +75,56 @@ class KindSpec:
     def population_param(self) -> str | None:
         return next((k for k, p in self.params.items() if p.type == "population"), None)
 
+    def signature(self) -> str:
+        """A hash of what the compiler checked (parameters and method signatures): the plan keeps
+        it, and the runtime refuses a class whose declarations changed since compiling."""
+        import hashlib
+
+        def name(t):
+            return t if isinstance(t, str) else (f"each({name(t.type)})" if isinstance(t, Each) else repr(t))
+
+        text = repr((self.kind, sorted((k, name(p.type), p.required, repr(p.default), p.choices, p.low, p.high)
+                                       for k, p in self.params.items()),
+                     sorted((m.name, m.role, tuple(name(a) for a in m.args), name(m.returns), m.per_agent)
+                            for m in self.methods.values())))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 # ------------------------------------------------------------------ the API users write against
 def param(type, default=_REQUIRED, *, choices=(), low=None, high=None, doc: str = "") -> Param:
     """A typed parameter of the kind, given in the scenario: `market(traders, price = 12.5)`."""
     if type not in PARAM_TYPES:
         raise ExtensionError(f"param type must be int, float, str, bool or \"population\", not {type!r}")
-    return Param(type, None if default is _REQUIRED else default, default is _REQUIRED, tuple(choices), low, high, doc)
+    p = Param(type, None if default is _REQUIRED else default, default is _REQUIRED, tuple(choices), low, high, doc)
+    if default is not _REQUIRED and default is not None:
+        if type == "population":
+            raise ExtensionError("a population parameter has no default: the scenario names it")
+        problem = param_problem(p, default)
+        if problem:
+            raise ExtensionError(f"the default {default!r} does not fit: {problem}")
+    for choice in p.choices:
+        if not _fits_type(choice, type):
+            raise ExtensionError(f"choice {choice!r} is not {type.__name__}")
+    return p
+
+
+def param_problem(p: Param, value) -> str | None:
+    """Why `value` cannot be this parameter (type, choices, bounds), or None."""
+    if not _fits_type(value, p.type):
+        return f"must be {p.type.__name__}, not {type(value).__name__}"
+    if p.choices and value not in p.choices:
+        return "must be one of " + ", ".join(map(repr, p.choices))
+    if (p.low is not None and value < p.low) or (p.high is not None and value > p.high):
+        return f"must be in {'' if p.low is None else p.low}..{'' if p.high is None else p.high}, not {value}"
+    return None
+
+
+def _fits_type(value, t) -> bool:
+    if t is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, t)
 
 
 def each(type) -> Each:
@@ -102,13 +155,19 @@ def query(returns, *args, per_agent: bool = False):
     _check_value_type(returns, "query()")
     for a in args:
         _check_value_type(a, "query()")
+    if per_agent and returns not in VALUE_TYPES:
+        raise ExtensionError("a per-agent query returns int, float, str or bool (one value per agent)")
     return _mark("query", args, returns, per_agent)
 
 
 def environment_kind(kind: str):
     """Class decorator: the class becomes the environment kind `kind`."""
-    if not isinstance(kind, str) or not kind.isidentifier() or kind.startswith("_"):
+    from populace.dsl.build import keywords
+
+    if not isinstance(kind, str) or not _NAME.match(kind):
         raise ExtensionError(f"an environment kind is a name like `market`, not {kind!r}")
+    if kind in BUILT_IN_KINDS or kind in keywords():
+        raise ExtensionError(f"`{kind}` is a built-in kind or a word of the language; choose another name")
 
     def mark(cls):
         params = {k: v for k, v in vars(cls).items() if isinstance(v, Param)}
@@ -117,6 +176,15 @@ def environment_kind(kind: str):
             sig = getattr(fn, "__populace_method__", None)
             if sig is not None:
                 methods[name] = Method(name, *sig)
+                _check_signature(cls, name, fn, len(sig[1]))
+        clash = sorted(set(params) & set(RESERVED)) or sorted(set(params) & set(methods))
+        if clash:
+            raise ExtensionError(f"{cls.__qualname__}: a parameter cannot be called `{clash[0]}` "
+                                 f"({'Populace sets it' if clash[0] in RESERVED else 'a method has that name'})")
+        bad = [n for n in list(params) + list(methods) if not _NAME.match(n) or n in keywords()]
+        if bad:
+            raise ExtensionError(f"{cls.__qualname__}: `{bad[0]}` cannot be written in a scenario "
+                                 "(a word of the language, or not a plain name)")
         if sum(p.type == "population" for p in params.values()) > 1:
             raise ExtensionError(f"{cls.__qualname__}: at most one parameter can be a population")
         if any(isinstance(a, Each) for m in methods.values() for a in m.args) or \
@@ -131,6 +199,22 @@ def environment_kind(kind: str):
         return cls
 
     return mark
+
+
+def _check_signature(cls, name: str, fn, count: int) -> None:
+    """The method must take (self, state) and one parameter per declared argument."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if not (len(required) <= 2 + count <= len(positional)):
+        raise ExtensionError(f"{cls.__qualname__}.{name} declares {count} argument(s), so it must take "
+                             f"(self, state{''.join(', a' + str(i + 1) for i in range(count))})")
 
 
 def _mark(role, args, returns=None, per_agent=False):
@@ -165,9 +249,14 @@ def module_kinds(module: str, folder: str | None = None) -> dict[str, KindSpec]:
     except ImportError as e:
         raise ExtensionError(f"cannot import `{module}`: {e}") from None
     except ExtensionError as e:
-        raise ExtensionError(f"`{module}`: {e}") from None
+        raise DeclarationError(f"`{module}`: {e}") from None
     except Exception as e:  # the user's module failed while importing: say how, not where in our code
-        raise ExtensionError(f"importing `{module}` failed: {type(e).__name__}: {e}") from None
+        raise DeclarationError(f"importing `{module}` failed: {type(e).__name__}: {e}") from None
+    local = os.path.join(folder, *module.split(".")) + ".py" if folder else None
+    found = os.path.abspath(getattr(mod, "__file__", "") or "")
+    if local and os.path.exists(local) and found != os.path.abspath(local):
+        raise DeclarationError(f"`{module}` is already another module ({found or 'built in'}), so "
+                               f"{os.path.basename(local)} next to the scenario is not used; rename it")
     kinds = {}
     for value in vars(mod).values():
         spec = spec_of(value)

@@ -60,20 +60,31 @@ def _is_module_name(text: str) -> bool:
 
 def load_extensions(ctx: Context, modules: list[str], spans: list) -> None:
     """Import the scenario's extension modules (its folder first on the path) and note their kinds."""
-    from .extensions import ExtensionError, module_kinds
+    from .extensions import DeclarationError, ExtensionError, module_kinds
 
     path = ctx.program.root.path
     folder = os.path.dirname(os.path.abspath(path)) if path and os.path.exists(path) else None
     for module, span in zip(modules, spans):
         try:
             kinds = module_kinds(module, folder)
+        except DeclarationError as e:  # it was found: its own code or declarations are at fault
+            ctx.extensions_failed = True
+            ctx.error("E1042", span, str(e), hint="see docs/extensions.md for what a kind declares")
+            continue
         except ExtensionError as e:
+            ctx.extensions_failed = True
             ctx.error("E1042", span, str(e), hint="a Python file next to the scenario (market.py for \"market\"), "
                       "or an installed module")
             continue
         if not kinds:
+            ctx.extensions_failed = True
             ctx.error("E1042", span, f"`{module}` has no class marked @environment_kind",
                       hint="from populace.runtime import environment_kind, then @environment_kind(\"name\") on a class")
+        local = os.path.join(folder, *module.split(".")) + ".py" if folder else ""
+        if local and os.path.exists(local):  # its text is part of what the plan was compiled from
+            with open(local, "rb") as f:
+                ctx.extra_sources[os.path.join(os.path.dirname(path), *module.split(".")) + ".py"] = \
+                    hashlib.sha256(f.read()).hexdigest()
         for kind, spec in kinds.items():
             if kind in ctx.extension_kinds and ctx.extension_kinds[kind].target != spec.target:
                 ctx.error("E1042", span, f"two extensions name the kind `{kind}`: "
@@ -137,7 +148,8 @@ def assemble(ctx: Context) -> dict:
             "seed": settings.pop("seed"),
             "settings": settings,
             "params": {k: v for k, (v, _) in ctx.params.items()},
-            "sources": {f: hashlib.sha256(t.encode("utf-8")).hexdigest() for f, t in sorted(ctx.program.sources.items())},
+            "sources": dict(sorted({**{f: hashlib.sha256(t.encode("utf-8")).hexdigest()
+                                       for f, t in ctx.program.sources.items()}, **ctx.extra_sources}.items())),
             "span": span_json(ctx.scenario.span) if ctx.scenario else span_json(root.span),
         },
         "models": ctx.models,

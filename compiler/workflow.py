@@ -228,7 +228,7 @@ class _Lowering:
                                    "declare it in the agent: state NAME: TYPE = DEFAULT")
                     return None
                 if info.source != "state":
-                    self.ctx.error("E1015", t.span, f"`{base}.{t.attr}` is a {info.source} field and cannot be assigned",
+                    self.ctx.error("E1015", t.span, f"`{base}.{t.attr}` is {'an' if info.source[:1] in 'aeiou' else 'a'} {info.source} field and cannot be assigned",
                                    hint="only state fields change during a run; declare state NAME: TYPE = DEFAULT")
                     return None
                 checker = self.agent(base, variables)

@@ -550,6 +550,11 @@ def _keywords() -> frozenset:
                      if t.pattern.type == "str" and word.fullmatch(t.pattern.value))
 
 
+def keywords() -> frozenset:
+    """The language's reserved words (a name must not be one of them)."""
+    return _keywords()
+
+
 def _simple_reference(source: str, builder: _Builder) -> n.Expr | None:
     """`name` or `a.b.c` as Name and Attr nodes, with the spans the parser would give; else None."""
     match = _SIMPLE_REFERENCE.fullmatch(source)

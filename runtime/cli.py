@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from populace.dsl.diagnostics import DiagnosticError, render_all, to_json
@@ -196,6 +197,15 @@ def _print_warnings(compiled) -> None:
         print(render_all(compiled.warnings, compiled.sources), file=sys.stderr)
 
 
+def _one_line(error: Exception) -> str:
+    """An error as one line: Ray's errors carry the worker's traceback, the cause names the problem."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines and ("Traceback" in text or len(lines) > 3) else (lines[0] if lines else "")
+    return f"{type(cause).__name__}: {last.strip()}" if last else type(cause).__name__
+
+
 def cmd_run(args) -> int:
     from populace.compiler import compile_file
     from populace.compiler.plan import plan_from_dict
@@ -209,7 +219,8 @@ def cmd_run(args) -> int:
     if args.seed is not None:
         raw = _with_seed(raw, args.seed)
     plan = plan_from_dict(raw)
-    problems = unsupported(plan, replay=args.replay)
+    folder = os.path.dirname(os.path.abspath(args.file))  # the scenario's own Python files live here
+    problems = unsupported(plan, replay=args.replay, folder=folder)
     if problems:
         for p in problems:
             print(f"error: {p}", file=sys.stderr)
@@ -222,8 +233,6 @@ def cmd_run(args) -> int:
         return 2
     run_dir, monitor = args.run_dir, None
     if args.monitor:
-        import os
-
         from .rundir import new_run_dir
 
         run_dir = run_dir or new_run_dir(plan.scenario["name"])
@@ -236,11 +245,14 @@ def cmd_run(args) -> int:
             print("error: --checkpoint-every must be 0 (off) or more", file=sys.stderr)
             return 2
         try:
-            summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address,
+            summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address, folder=folder,
                                run_dir=run_dir, quiet=args.quiet, cache=args.cache, replay=args.replay,
                                checkpoint_every=args.checkpoint_every)
         except OSError as e:
             return _unwritable(e, run_dir)
+        except Exception as e:  # the shards could not start (a worker that cannot import a module, ...)
+            print(f"error: the run could not start: {_one_line(e)}", file=sys.stderr)
+            return 1
         from .progress import print_summary
 
         print_summary(summary)

@@ -20,8 +20,8 @@ from populace.compiler.plan.evaluate import EvalError, evaluate
 from populace.compiler.extensions import Each, ExtensionError
 
 from . import environments, groups, latency
-from .extensions import Extensions
-from .models import OFFLINE_PROVIDERS, ModelError
+from .extensions import Extensions, scenario_folder
+from .models import OFFLINE_PROVIDERS, ModelError, PythonModel
 from .rundir import RUN_FORMAT, RunDir, iteration_file, populace_version
 from .shard import combine
 from .vector import agg_key
@@ -59,7 +59,7 @@ def used_models(plan: Plan) -> set[str]:
     return used
 
 
-def unsupported(plan: Plan, replay: bool = False) -> list[str]:
+def unsupported(plan: Plan, replay: bool = False, folder: str | None = None) -> list[str]:
     """What stops this run before it starts: parts this runtime lacks, API keys not set."""
     problems = []
     for name in sorted(used_models(plan)):
@@ -68,10 +68,14 @@ def unsupported(plan: Plan, replay: bool = False) -> list[str]:
         if model.provider not in OFFLINE_PROVIDERS and not replay and key_env and not os.environ.get(key_env):
             problems.append(f"model `{name}` ({model.provider}) needs its API key in the environment variable "
                             f"{key_env}, which is not set")
+        if model.provider == "python":  # its function must import here (shards import it the same way)
+            try:
+                PythonModel(name, model.settings, model.limits, scenario_folder(plan, folder))
+            except ModelError as e:
+                problems.append(f"{e} (a module next to the scenario, or an installed one)")
     problems.extend(environments.check_plan(plan))
     try:  # a Python kind's module must import, match the plan and start, before anything is spent
-        extensions = Extensions(plan)
-        problems.extend(extensions.problems())
+        extensions = Extensions(plan, folder)
         for name in extensions.instances:
             extensions.start(name)
     except ExtensionError as e:
@@ -81,14 +85,16 @@ def unsupported(plan: Plan, replay: bool = False) -> list[str]:
 
 class Driver:
     def __init__(self, plan: Plan, executor, run_dir: RunDir, listener: Callable[[dict], None] | None = None,
-                 should_stop: Callable[[], bool] | None = None, checkpoint_every: int | None = None):
+                 should_stop: Callable[[], bool] | None = None, checkpoint_every: int | None = None,
+                 folder: str | None = None):
         self.plan = plan
         self.executor = executor
         self.run_dir = run_dir
         self.listener = listener
         self.should_stop = should_stop or (lambda: False)
         self.started = time.monotonic()
-        self.extensions = Extensions(plan)
+        self.folder = scenario_folder(plan, folder)
+        self.extensions = Extensions(plan, self.folder)
         self.env = {name: {**(self.extensions.start(name) if e.kind == "python" else environments.initial_values(plan, e)),
                            **{f: v["init"] for f, v in e.fields.items()}}
                     for name, e in plan.environments.items()}
@@ -154,7 +160,8 @@ class Driver:
                    "scenario": plan.scenario["name"], "plan_hash": plan.plan_hash,
                    "executor": self.executor.name, "seed": plan.seed,
                    "shards": {p: len(r) for p, r in self.executor.ranges.items()},
-                   "agents": {p: pop.size for p, pop in plan.populations.items()}}
+                   "agents": {p: pop.size for p, pop in plan.populations.items()},
+                   "scenario_dir": self.folder}  # where a resume finds the scenario's Python files
         if resume is None:
             self.run_dir.write_bytes("plan.json", canonical_bytes(plan.raw) + b"\n")
             self.emit(started)
@@ -504,11 +511,12 @@ class Driver:
         for arg, kind in zip(step["args"], spec.args):
             if isinstance(kind, Each):
                 column = [v for part in self.executor.call(step["population"], "column", arg, context) for v in part.tolist()]
-                args.append([None if isinstance(v, float) and v != v else v for v in column])
+                args.append(column)
                 agents = len(column)
             else:
                 args.append(self.value(arg, variables, step))
         try:
+            args = self.extensions.arguments(step["env"], step["method"], args)
             self.env[step["env"]] = self.extensions.act(step["env"], step["method"], values, args)
         except ExtensionError as e:
             raise RunFailed(str(e), step) from None

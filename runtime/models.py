@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -191,12 +192,22 @@ class PythonModel:
     AskBatch and returns one value per agent; otherwise it is called once per agent with a dict
     (id, persona, state, memory, prompt, variables, env) and returns that agent's value."""
 
-    def __init__(self, name: str, settings: dict, limits: dict):
+    def __init__(self, name: str, settings: dict, limits: dict, folder: str | None = None):
         self.name = name
-        self.target = settings["function"]
+        self.target = settings.get("function")
+        if not isinstance(self.target, str) or ":" not in self.target:
+            raise ModelError(f"model `{name}`: `function` must be \"module:function\", not {self.target!r}")
         module, _, attr = self.target.partition(":")
         try:
-            self.function = getattr(importlib.import_module(module), attr)
+            try:
+                loaded = importlib.import_module(module)
+            except ImportError:
+                if not folder or folder in sys.path:
+                    raise
+                # a module next to the scenario (this process may have started elsewhere: a Ray worker)
+                sys.path.insert(0, folder)
+                loaded = importlib.import_module(module)
+            self.function = getattr(loaded, attr)
         except (ImportError, AttributeError) as e:
             raise ModelError(f"model `{name}`: cannot load {self.target}: {e}") from None
 
@@ -294,7 +305,7 @@ def make_model(model: dict, shard_index: int = 0, shards: int = 1, options: dict
     if provider == "mock":
         return MockModel(model["name"], model["settings"], model["limits"])
     if provider == "python":
-        return PythonModel(model["name"], model["settings"], model["limits"])
+        return PythonModel(model["name"], model["settings"], model["limits"], (options or {}).get("scenario_dir"))
     from .cache import ResponseCache
     from .llm import LLMModel
 

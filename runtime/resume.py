@@ -111,12 +111,18 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
         plan = read_plan(os.path.join(run_dir, "plan.json"))
     except PlanError as e:
         raise ResumeError(f"{run_dir} cannot be resumed: {e}") from None
-    problems = unsupported(plan)
+    folder = None
+    try:
+        if os.path.exists(os.path.join(run_dir, "events.jsonl")):
+            events = read_events(os.path.join(run_dir, "events.jsonl"))  # a newer format raises
+            folder = next((e.get("scenario_dir") for e in events if e["type"] == "run_started"
+                           and isinstance(e.get("scenario_dir"), str)), None)
+    except NewerFormatError as e:
+        raise ResumeError(f"{run_dir} cannot be resumed: {e}") from None
+    problems = unsupported(plan, folder=folder)
     if problems:
         raise ResumeError("; ".join(problems))
     try:
-        if os.path.exists(os.path.join(run_dir, "events.jsonl")):
-            read_events(os.path.join(run_dir, "events.jsonl"))  # a newer format raises
         candidates = checkpoints(run_dir, plan)
     except NewerFormatError as e:
         raise ResumeError(f"{run_dir} cannot be resumed: {e}") from None
@@ -126,7 +132,7 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
         options = {"cache": os.path.abspath(cache or os.path.join(run_dir, "cache.sqlite")), "replay": False,
                    "environment": model_environment(plan), "restore": directory,
                    "checkpoints": os.path.abspath(os.path.join(run_dir, "checkpoints")),
-                   "restartable": plan.settings.get("checkpoint_every", 1) == 1}
+                   "restartable": plan.settings.get("checkpoint_every", 1) == 1, "scenario_dir": folder}
         try:
             ex = make_executor(executor, plan, address=address, options=options, ranges=ranges)
         except Exception as e:  # a corrupt shard file: try the checkpoint before
@@ -135,7 +141,7 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
                 raise ResumeError(f"{run_dir} cannot be resumed: {_first_line(cause)}") from None
             errors.append(f"{os.path.basename(directory)}: {cause}")
             continue
-        return _finish(plan, ex, run_dir, state, quiet, listener)
+        return _finish(plan, ex, run_dir, state, quiet, listener, folder)
     if errors:
         raise ResumeError("no usable checkpoint: " + "; ".join(errors))
     raise ResumeError(f"{run_dir} has no checkpoint to resume from; run the scenario again "
@@ -151,7 +157,7 @@ def _first_line(error) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def _finish(plan, ex, run_dir, state, quiet, listener) -> dict:
+def _finish(plan, ex, run_dir, state, quiet, listener, folder=None) -> dict:
     from .run import drive
 
-    return drive(plan, ex, RunDir(run_dir), quiet, listener, resume=state)
+    return drive(plan, ex, RunDir(run_dir), quiet, listener, resume=state, folder=folder)

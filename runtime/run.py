@@ -13,23 +13,27 @@ from .rundir import RunDir, new_run_dir
 
 def run_plan(plan, executor: str = "ray", shards: int | None = None, address: str | None = None,
              run_dir: str | None = None, quiet: bool = True, listener=None, cache: str | None = None,
-             replay: bool = False, checkpoint_every: int | None = None, should_stop=None) -> dict:
+             replay: bool = False, checkpoint_every: int | None = None, should_stop=None,
+             folder: str | None = None) -> dict:
     """`cache`: the response cache (default: cache.sqlite in the run directory); `replay`: refuse
     any model call whose reply is not in the cache; `should_stop()`: asked between steps, True
-    ends the run as stopped (a sweep's Ctrl-C reaches runs in other threads this way)."""
+    ends the run as stopped (a sweep's Ctrl-C reaches runs in other threads this way); `folder`: the
+    scenario's folder, where its own Python (extensions, python models) is imported from."""
     import os
 
     directory = RunDir(run_dir or new_run_dir(plan.scenario["name"]))
     every = plan.settings.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
     options = {"cache": os.path.abspath(cache or directory.file("cache.sqlite")), "replay": replay,
                "environment": model_environment(plan),
-               "checkpoints": os.path.abspath(directory.file("checkpoints")), "restartable": every == 1}
+               "checkpoints": os.path.abspath(directory.file("checkpoints")), "restartable": every == 1,
+               "scenario_dir": folder}
     ex = make_executor(executor, plan, shards, address, options)
-    return drive(plan, ex, directory, quiet, listener, checkpoint_every=checkpoint_every, should_stop=should_stop)
+    return drive(plan, ex, directory, quiet, listener, checkpoint_every=checkpoint_every, should_stop=should_stop,
+                 folder=folder)
 
 
 def drive(plan, ex, directory: RunDir, quiet: bool, listener=None, resume: dict | None = None,
-          checkpoint_every: int | None = None, should_stop=None) -> dict:
+          checkpoint_every: int | None = None, should_stop=None, folder: str | None = None) -> dict:
     """Run (or, with `resume`, continue) the driver with progress; close the executor and files."""
     try:
         with Progress(quiet=quiet) as progress:
@@ -39,7 +43,7 @@ def drive(plan, ex, directory: RunDir, quiet: bool, listener=None, resume: dict 
                     listener(event)
 
             return Driver(plan, ex, directory, listen, should_stop=should_stop,
-                          checkpoint_every=checkpoint_every).run(resume=resume)
+                          checkpoint_every=checkpoint_every, folder=folder).run(resume=resume)
     finally:
         ex.close()
         directory.close()

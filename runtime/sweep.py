@@ -126,11 +126,13 @@ def execute_run(file: str, run: SweepRun, overrides: list[str], executor: str, s
         raw["scenario"]["seed"] = run.seed
         raw["plan_hash"] = plan_hash(raw)
         plan = plan_from_dict(raw)
-        problems = unsupported(plan)
+        folder = os.path.dirname(os.path.abspath(file))
+        problems = unsupported(plan, folder=folder)
         if problems:
             return RunResult(run, "failed", "; ".join(problems), time.monotonic() - started, params=typed)
         os.makedirs(run.run_dir, exist_ok=True)
         summary = run_plan(plan, executor=executor, shards=shards, address=address, run_dir=run.run_dir, quiet=True,
+                           folder=folder,
                            should_stop=should_stop)
         status = summary.get("status", "failed")
         error = _run_error(run.run_dir) if status != "finished" else None

@@ -59,13 +59,26 @@ def test_a_kind_declares_typed_params_and_methods():
     assert {m: spec.methods[m].role for m in spec.methods} == {"tick": "action", "vote": "action", "value": "query"}
 
 
+def _kind(**attrs):
+    return environment_kind("k")(type("K", (), {"start": lambda self, n: {}, **attrs}))
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: param(dict), "param type"),
+    (lambda: param(int, "five", low=0), "the default 'five' does not fit: must be int"),
+    (lambda: param(str, "z", choices=("a", "b")), "must be one of 'a', 'b'"),
+    (lambda: param(float, -1.0, low=0.0), "must be in 0.0.., not -1.0"),
     (lambda: query(set), "query() takes"),
+    (lambda: query(list[int], per_agent=True), "a per-agent query returns int, float, str or bool"),
     (lambda: environment_kind("2x"), "a name like"),
+    (lambda: environment_kind("board"), "built-in kind or a word of the language"),
+    (lambda: environment_kind("where"), "built-in kind or a word of the language"),
     (lambda: environment_kind("k")(type("NoStart", (), {})), "needs `start"),
-    (lambda: environment_kind("k")(type("PerAgent", (), {"start": lambda self, n: {}, "f": query(int, per_agent=True)(lambda self, s: [])})),
-     "need a param(\"population\")"),
+    (lambda: _kind(f=query(int, per_agent=True)(lambda self, s: [])), "need a param(\"population\")"),
+    (lambda: _kind(name=param(str)), "cannot be called `name` (Populace sets it)"),
+    (lambda: _kind(seed=param(int, 1)), "cannot be called `seed`"),
+    (lambda: _kind(a=action(each(int), int)(lambda self, state, xs: None)), "K.a declares 2 argument(s)"),
+    (lambda: _kind(q=query(int)(lambda self: 1)), "K.q declares 0 argument(s), so it must take (self, state)"),
 ])
 def test_mistakes_in_a_kind_are_said_in_words(build, message):
     with pytest.raises(ExtensionError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -73,10 +86,15 @@ def test_mistakes_in_a_kind_are_said_in_words(build, message):
 
 
 # ------------------------------------------------------------------ compiling
-def test_the_plan_names_the_class_and_says_version_1_1():
-    plan = json.loads(compile_file(str(MARKET)).data)
+def test_the_plan_names_the_class_and_says_version_1_1(in_repo_root):
+    plan = json.loads(compile_file(str(MARKET.relative_to(ROOT))).data)
     env = plan["environments"]["exchange"]
-    assert env["kind"] == "python" and env["extension"] == {"kind": "market", "class": "market:Market"}
+    assert env["kind"] == "python" and env["extension"]["kind"] == "market" and env["extension"]["class"] == "market:Market"
+    from market import Market  # examples/market is on the path once compiled
+
+    assert env["extension"]["signature"] == Market.__populace_kind__.signature()
+    # the module's text is part of what the plan was compiled from: editing it changes the plan's hash
+    assert set(plan["scenario"]["sources"]) == {"examples/market/market.pop", "examples/market/market.py"}
     assert env["params"] == {"price": 60.0, "impact": 0.2} and env["population"] == "traders"
     assert plan["plan_version"] == "1.1" and plan["scenario"]["settings"]["extensions"] == ["market"]
     load_plan(json.dumps(plan))  # the runtime reads it back
@@ -126,7 +144,7 @@ def test_installed_kinds_come_from_entry_points(tmp_path, monkeypatch, capsys):
         }
     '''))
     plan = json.loads(compile_file(str(scenario)).data)
-    assert plan["environments"]["desk"]["extension"] == {"kind": "lamp", "class": "lamp_kinds:Lamp"}
+    assert plan["environments"]["desk"]["extension"]["class"] == "lamp_kinds:Lamp"
     run_dir = tmp_path / "run"
     assert main(["run", str(scenario), "--executor", "local", "--quiet", "--run-dir", str(run_dir)]) == 0
     assert json.loads((run_dir / "metrics.jsonl").read_text())["power"] == 40
@@ -208,7 +226,10 @@ class Faulty:
     ("action", 1, "box.add(): KeyError: 'ledger'"),
     ("state", 1, "left a state that is not JSON"),
 ])
-def test_a_failing_kind_stops_the_run_with_its_own_message(tmp_path, capsys, fail, code, message):
+def test_a_failing_kind_stops_the_run_with_its_own_message(tmp_path, capsys, monkeypatch, fail, code, message):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "faulty_kinds", raising=False)  # each case writes its own copy
     (tmp_path / "faulty_kinds.py").write_text(FAULTY)
     scenario = tmp_path / "f.pop"
     scenario.write_text(textwrap.dedent(f'''
@@ -274,3 +295,136 @@ def test_prompts_see_queries_and_their_own_per_agent_values(tmp_path, monkeypatc
     assert main(["run", str(scenario), "--executor", "local", "--shards", "2", "--quiet", "--run-dir", str(run_dir)]) == 0
     seen = pd.read_parquet(next((run_dir / "asks" / "ask.seen").glob("*.parquet")))
     assert seen["value"].tolist() == [f"{1 if i % 2 == 0 else -1} at 10, fee 0.5, [10, 10]" for i in range(6)]
+
+
+# ------------------------------------------------------------------ what a kind's methods get and give
+CHECKS = '''
+import numpy as np
+from populace.runtime import action, each, environment_kind, param, query
+
+@environment_kind("probe")
+class Probe:
+    people = param("population")
+    mode = param(str, "plain")
+
+    def start(self, agents):
+        if self.mode == "int-keys":
+            return {1: "one"}
+        if self.mode == "numpy":
+            return {"n": np.int64(3), "xs": np.arange(3), "pair": (1, 2)}
+        return {"seen": [], "free": 2}
+
+    @action(each(int), each(bool))
+    def take(self, state, ns, flags):
+        state["seen"] = [type(v).__name__ for v in ns + flags]
+        if self.mode == "list":
+            return [1]
+
+    @query(int)
+    def bad(self, state):
+        return "abc"
+
+    @query(int, per_agent=True)
+    def short(self, state):
+        return [1]
+
+    @query(str)
+    def types(self, state):
+        return ",".join(state["seen"])
+'''
+
+
+def _probe(tmp_path, mode="plain", workflow="", fields=""):
+    (tmp_path / "probe_kinds.py").write_text(CHECKS)
+    scenario = tmp_path / "p.pop"
+    scenario.write_text(textwrap.dedent(f'''
+        scenario p {{
+          extensions = ["probe_kinds"]
+        }}
+        model m {{ provider = mock }}
+        agent A {{ model = m }}
+        population people = 3 x A
+        environment box : probe(people, mode = "{mode}"){fields}
+        workflow {{
+          ask people "n" -> n: int in 0..9
+          ask people "f" -> f: bool
+        {workflow}
+        }}
+    '''))
+    return scenario
+
+
+@pytest.fixture
+def probe_module(monkeypatch):
+    """probe_kinds is written anew in each test's folder: forget the one imported before."""
+    import sys
+
+    monkeypatch.delitem(sys.modules, "probe_kinds", raising=False)
+
+
+def test_each_arguments_arrive_as_python_ints_and_bools(tmp_path, probe_module):
+    scenario = _probe(tmp_path, workflow="  box.take(people.n, people.f)\n  record t = box.types()")
+    run_dir = tmp_path / "run"
+    assert main(["run", str(scenario), "--executor", "local", "--quiet", "--run-dir", str(run_dir)]) == 0
+    assert json.loads((run_dir / "metrics.jsonl").read_text())["t"] == "int,int,int,bool,bool,bool"
+
+
+@pytest.mark.parametrize("mode, workflow, message", [
+    ("plain", "  record b = box.bad()", "probe_kinds:Probe.bad returned str 'abc', not int"),
+    ("plain", '  ask people "{{ box.short() }}" -> z: int', "probe_kinds:Probe.short returned 1 value, not one per agent (3)"),
+    ("list", "  box.take(people.n, people.f)", "probe_kinds:Probe.take returned list; an action changes"),
+    ("int-keys", "", "probe_kinds:Probe.start left a state that is not JSON (key 1 is not text"),
+])
+def test_wrong_values_from_a_kind_are_said_with_its_name(tmp_path, capsys, probe_module, mode, workflow, message):
+    scenario = _probe(tmp_path, mode, workflow)
+    assert main(["run", str(scenario), "--executor", "local", "--quiet", "--run-dir", str(tmp_path / "run")]) == 1
+    out, err = capsys.readouterr()
+    assert message in out + err and "Traceback" not in out + err
+
+
+def test_numpy_values_and_tuples_in_the_state_become_plain_json(tmp_path, probe_module):
+    import sys
+
+    from populace.runtime.extensions import Extensions
+
+    scenario = _probe(tmp_path, "numpy")
+    plan = plan_from_dict(compile_file(str(scenario)).plan)
+    state = Extensions(plan, str(tmp_path)).start("box")
+    assert state == {"n": 3, "xs": [0, 1, 2], "pair": [1, 2]} and type(state["n"]) is int
+    assert "probe_kinds" in sys.modules
+
+
+def test_a_declared_field_may_not_hide_the_kinds_state(tmp_path, capsys, probe_module):
+    scenario = _probe(tmp_path, fields=" {\n  free = 99\n}")
+    assert main(["run", str(scenario), "--executor", "local", "--quiet", "--run-dir", str(tmp_path / "run")]) == 1
+    assert "declares a field `free`, which is also a key of probe_kinds:Probe's state" in capsys.readouterr().err
+
+
+def test_a_class_changed_since_compiling_is_refused(tmp_path, probe_module):
+    from populace.runtime.driver import unsupported
+
+    raw = compile_file(str(_probe(tmp_path))).plan
+    raw["environments"]["box"]["extension"]["signature"] = "0" * 16  # as if `take` had changed since
+    from populace.compiler.plan import plan_hash
+
+    raw["plan_hash"] = plan_hash(raw)
+    [problem] = unsupported(plan_from_dict(raw), folder=str(tmp_path))
+    assert "probe_kinds:Probe changed since the scenario was compiled" in problem
+
+
+def test_resume_from_another_folder_finds_the_scenarios_python(tmp_path, monkeypatch, probe_module):
+    """The run records where the scenario's folder is; a resume started elsewhere imports from it."""
+    import sys
+
+    scenario = _probe(tmp_path, workflow="  box.take(people.n, people.f)\n  record t = box.types()")
+    run_dir = tmp_path / "run"
+    assert main(["run", str(scenario), "--executor", "local", "--quiet", "--run-dir", str(run_dir)]) == 0
+    finished = (run_dir / "metrics.jsonl").read_text()
+    (run_dir / "summary.json").unlink()
+    monkeypatch.delitem(sys.modules, "probe_kinds")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["resume", str(run_dir), "--executor", "local", "--quiet"]) == 0
+    assert (run_dir / "metrics.jsonl").read_text() == finished
