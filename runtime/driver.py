@@ -185,6 +185,9 @@ class Driver:
             self.emit({"type": "run_failed", "error": failure})
             status = "failed"
         except Exception as e:  # a shard raised (RayTaskError wraps it): record it, fail loudly
+            for restart in self.executor.restarts:  # restarts made before it gave up are events too
+                self.emit(dict(restart, type="shard_restarted"))
+            self.executor.restarts.clear()
             cause = getattr(e, "cause", None) or e  # RayTaskError keeps the shard's own exception
             failure = f"{type(cause).__name__}: {cause}"
             status = "failed"

@@ -14,6 +14,10 @@ import time
 from .shard import Shard
 
 MAX_RESTARTS = 3  # a shard that keeps dying fails the run after this many restarts (it stays resumable)
+
+
+class ShardDied(RuntimeError):
+    """A shard's process kept dying: the run fails with this message (and stays resumable)."""
 MUTATING = ("ask", "set_state", "tell", "broadcast")  # calls that change agents: replayed after a restart
 SHARD_CPUS = 0.001  # what a shard actor asks of Ray: not 0, or Ray would not spread shards over nodes
 SAMPLE_EVERY = 1.0  # seconds between `on_wait` samples while a call runs (the monitor's calls in flight)
@@ -177,7 +181,7 @@ class RayExecutor:
             i = index[ready[0]]
             try:
                 results[i] = self.ray.get(ready[0])
-            except self.ray.exceptions.RayActorError:
+            except self._died:
                 results[i] = self._recover(population, i, method, args)
             if on_done:
                 on_done(i, results[i])
@@ -196,28 +200,50 @@ class RayExecutor:
                 continue
         return out
 
+    @property
+    def _died(self) -> tuple:
+        # A killed worker gives RayActorError; one that exits inside a task (os._exit, a crash in
+        # native code) gives ActorUnavailableError ("may or may not have been executed").
+        errors = self.ray.exceptions
+        return (errors.RayActorError, getattr(errors, "ActorUnavailableError", errors.RayActorError))
+
     def _recover(self, population: str, index: int, method: str, args) -> object:
         """Shard `index` died: once Ray has restarted it from the latest checkpoint, replay what
-        changed its agents since then, then send the failed call again. Ray gives up after
-        MAX_RESTARTS; then the error reaches the driver and the run fails (and stays resumable)."""
+        changed its agents since then, then send the failed call again. A shard that dies again
+        doing so is restarted again; after MAX_RESTARTS the run fails with ShardDied (and stays
+        resumable from its last checkpoint)."""
         actor = self.actors[population][index]
+        replay = self.journal[population]
+        if method in MUTATING:
+            replay = replay[:-1]  # the failed call itself is sent below
+        for _ in range(MAX_RESTARTS):
+            restarted_from = self._restarted(population, index, actor)
+            restart = {"population": population, "shard": index, "from_checkpoint": restarted_from,
+                       "replayed": len(replay)}
+            self.restarts.append(restart)
+            try:
+                for m, a in replay:
+                    self.ray.get(getattr(actor, m).remote(*a))
+                return self.ray.get(getattr(actor, method).remote(*args))
+            except self._died:
+                restart["died_again"] = True  # and Ray restarts it once more, if it may
+        raise ShardDied(f"shard {index} of `{population}` died {MAX_RESTARTS + 1} times in `{method}` (its process "
+                        "exits while doing this step: out of memory, a crash in a policy or a library?); the run "
+                        "stops, and `populace resume` continues from the last checkpoint once the cause is fixed")
+
+    def _restarted(self, population: str, index: int, actor):
+        """Wait for Ray to bring the shard back; the checkpoint it reloaded (or None)."""
         deadline = time.monotonic() + 120
         while True:
             try:
-                restarted_from = self.ray.get(actor.take_restart.remote())
-                break
+                return self.ray.get(actor.take_restart.remote())
             except self.ray.exceptions.ActorUnavailableError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        replay = self.journal[population]
-        if method in MUTATING:
-            replay = replay[:-1]  # the failed call itself is sent below
-        for m, a in replay:
-            self.ray.get(getattr(actor, m).remote(*a))
-        self.restarts.append({"population": population, "shard": index, "from_checkpoint": restarted_from,
-                              "replayed": len(replay)})
-        return self.ray.get(getattr(actor, method).remote(*args))
+            except self.ray.exceptions.RayActorError:  # Ray gave up on it: no restarts left
+                raise ShardDied(f"shard {index} of `{population}` died and cannot be restarted again; the run "
+                                "stops, and `populace resume` continues from the last checkpoint") from None
 
     def checkpoint_done(self) -> None:
         """The driver finished a checkpoint: calls before it need no replay."""

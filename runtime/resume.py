@@ -111,6 +111,9 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
         plan = read_plan(os.path.join(run_dir, "plan.json"))
     except PlanError as e:
         raise ResumeError(f"{run_dir} cannot be resumed: {e}") from None
+    finished = _finished(run_dir)
+    if finished:
+        raise ResumeError(f"{run_dir} {finished}; there is nothing to resume (run the scenario again for a new run)")
     folder = None
     try:
         if os.path.exists(os.path.join(run_dir, "events.jsonl")):
@@ -146,6 +149,16 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
         raise ResumeError("no usable checkpoint: " + "; ".join(errors))
     raise ResumeError(f"{run_dir} has no checkpoint to resume from; run the scenario again "
                       "(with --cache pointing at its cache.sqlite, so answers already paid for are reused)")
+
+
+def _finished(run_dir: str) -> str | None:
+    """Why this run needs no resume (its summary says it finished), or None."""
+    try:
+        with open(os.path.join(run_dir, "summary.json"), encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return "finished already" if isinstance(summary, dict) and summary.get("status") == "finished" else None
 
 
 def _first_line(error) -> str:

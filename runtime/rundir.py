@@ -72,11 +72,29 @@ def named_error(error: OSError, path: str) -> OSError:
     return OSError(error.errno, os.strerror(error.errno) if error.errno else (error.strerror or str(error)), path)
 
 
+def _file_mode() -> int:
+    """What open() would give a new file here (0o666 less the umask): mkstemp's 0600 would keep a
+    run directory shared over NFS (or with colleagues) unreadable to the others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _file_mode()
+
+
+def temporary(directory: str, suffix: str = "") -> tuple[int, str]:
+    """A new temporary file in `directory` (fd, path) with ordinary permissions."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.fchmod(fd, _MODE)
+    return fd, tmp
+
+
 def write_atomic(target: str, data: bytes) -> None:
     """Write to a temporary name, sync, rename: the file at `target` is whole or absent."""
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    fd, tmp = temporary(directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -166,7 +184,7 @@ class RunDir:
         """Shard tables, in agent order, as one Parquet file (a row group per shard)."""
         target = self.file(name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".tmp-", suffix=".parquet")
+        fd, tmp = temporary(os.path.dirname(target), ".parquet")
         os.close(fd)
         try:
             schema = pa.unify_schemas([t.schema for t in tables])
@@ -226,7 +244,7 @@ def request_control(run_dir: str, action: str) -> None:
     """Ask a running driver to pause, resume or stop (written atomically; read between steps)."""
     if action not in ("pause", "resume", "stop"):
         raise ValueError(f"unknown action {action!r}")
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".tmp-")
+    fd, tmp = temporary(run_dir)
     with os.fdopen(fd, "w") as f:
         json.dump({"action": action, "at": time.time()}, f)
     os.replace(tmp, os.path.join(run_dir, "control.json"))

@@ -11,3 +11,12 @@ def by_age(agent):
 def out_of_range(agent):
     """Returns an invalid answer for even ids: recorded as an error, value missing."""
     return 500 if agent["id"] % 2 == 0 else 5
+
+
+def dies_in_round_two(agent):
+    """Kills its own worker process when agent 15 is asked in round 2: a shard that keeps dying."""
+    import os
+
+    if agent["id"] == 15 and agent["variables"].get("round") == 2:
+        os._exit(1)
+    return agent["id"] % 100

@@ -86,6 +86,9 @@ def test_resume_falls_back_to_the_previous_checkpoint_and_refuses_without_one(tm
     finished = metrics(run_dir)
     checkpoints = sorted((run_dir / "checkpoints").iterdir())
     assert len(checkpoints) == 2  # only the last two are kept
+    # A finished run is not run again (its last step would be redone for nothing).
+    assert main(["resume", str(run_dir), "--executor", "local", "--quiet"]) == 1
+    assert "finished already; there is nothing to resume" in capsys.readouterr().err
     # Damage the newest checkpoint's shard file: resume must use the one before it.
     newest = checkpoints[-1]
     for f in newest.glob("*.arrow"):
@@ -179,3 +182,28 @@ def test_checkpoint_every_on_the_command_line(tmp_path):
                      "--checkpoint-every", every, "--run-dir", str(run_dir)]) == 0
         taken = [e for e in events(run_dir) if e["type"] == "checkpoint"]
         assert len(taken) == expected  # before asks 1 and 3 of 4 with N=2; none with 0
+
+
+@pytest.mark.slow
+def test_a_shard_that_keeps_dying_fails_the_run_clearly_after_three_restarts(tmp_path, ray_session):
+    """Every restart redoes the step that kills it: after MAX_RESTARTS the run fails with one clear
+    error, the restarts are events, and the checkpoints before the step stay for a resume."""
+    from populace.compiler import compile_file
+    from populace.compiler.plan import plan_from_dict
+    from populace.runtime.executors import MAX_RESTARTS
+    from populace.runtime.run import run_plan
+
+    text = FLAGSHIP.read_text().replace('function = "populace.runtime.policies:level_k"',
+                                        'function = "policies_for_tests:dies_in_round_two"')
+    assert "dies_in_round_two" in text
+    path = tmp_path / "dying.pop"
+    path.write_text(text)
+    plan = plan_from_dict(compile_file(str(path), ["players=20", "rounds=3"]).plan)
+    run_dir = tmp_path / "r"
+    summary = run_plan(plan, executor="ray", shards=2, run_dir=str(run_dir))
+    assert summary["status"] == "failed"
+    assert "died" in summary["error"].lower() or "actor" in summary["error"].lower(), summary["error"]
+    restarts = [e for e in events(run_dir) if e["type"] == "shard_restarted"]
+    assert len(restarts) == MAX_RESTARTS and {e["shard"] for e in restarts} == {1}
+    assert [m["round"] for m in metrics(run_dir)] == [1]  # round 1 was recorded, round 2 never finished
+    assert any((run_dir / "checkpoints").iterdir())

@@ -180,6 +180,11 @@ def test_cli_run_writes_summary(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "finished" in out and str(tmp_path / "r") in out
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["agents"] == 100
+    # files written atomically get ordinary permissions (the umask's), not a temporary file's 0600
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("summary.json", "plan.json", "personas.parquet", "asks/ask.guess/round=1.parquet"):
+        assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
 
 
 def test_division_by_zero_fails_the_run_with_the_scenario_line(tmp_path):
