@@ -64,6 +64,14 @@ class Progress:
             table.add_row("this step", Text(f"[{'#' * filled}{'.' * (width - filled)}] {s.step_done:,} / {s.step_total:,} agents"))
         table.add_row("agents done", f"{s.agents_done:,}  ({rate:,.0f}/s)")
         table.add_row("model calls", f"{s.calls:,}   tokens {s.tokens_in:,} in / {s.tokens_out:,} out")
+        in_flight = sum(v for v in s.in_flight.values() if isinstance(v, (int, float)))
+        if in_flight:  # only while an ask to a remote model runs (sampled once a second)
+            table.add_row("in flight", f"{in_flight:,.0f} requests")
+        cost = sum(m.get("cost_usd") or 0 for m in s.by_model.values() if isinstance(m, dict))
+        if cost:
+            table.add_row("cost so far", f"${cost:,.4f}")
+        if s.restarts:
+            table.add_row("restarts", f"{len(s.restarts)} shard restart(s)")
         table.add_row("errors", f"{s.errors:,}")
         table.add_row("elapsed", f"{s.seconds:.1f}s")
         return table

@@ -322,3 +322,24 @@ def test_float_aggregates_are_the_same_whatever_the_sharding(tmp_path):
     assert records[0] == records[1] == records[2]
     x = pd.read_parquet(tmp_path / "s1" / "personas.parquet")["x"].tolist()
     assert records[0]["total"] == math.fsum(x) and records[0]["mean"] == math.fsum(x) / len(x)
+
+
+def test_the_live_panel_shows_calls_in_flight_cost_and_restarts():
+    """The terminal's live panel folds the same events as the monitor page."""
+    import io
+
+    from rich.console import Console
+
+    from populace.runtime.progress import Progress
+
+    progress = Progress(quiet=True)
+    for event in [{"type": "run_started", "scenario": "x", "agents": {"p": 10}, "shards": {"p": 2}, "executor": "ray"},
+                  {"type": "step_started", "step": "step:ask.a", "iteration": "", "op": "ask", "population": "p", "agents": 10},
+                  {"type": "calls_in_flight", "models": {"claude": 37}},
+                  {"type": "models", "models": {"claude": {"calls": 5, "tokens_in": 1, "tokens_out": 2, "cost_usd": 0.0123}}},
+                  {"type": "shard_restarted", "population": "p", "shard": 1}]:
+        progress(event)
+    console = Console(file=io.StringIO(), width=100)
+    console.print(progress._render())
+    text = console.file.getvalue()
+    assert "in flight    37 requests" in text and "cost so far  $0.0123" in text and "1 shard restart(s)" in text
