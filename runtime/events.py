@@ -156,5 +156,8 @@ def _text(e: dict, key: str) -> str:
 
 
 def _mapping(e: dict, key: str) -> dict:
+    """population -> a count (shards, agents): entries that are not whole numbers >= 0 are left out."""
     value = e.get(key)
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: n for k, n in value.items() if isinstance(n, int) and not isinstance(n, bool) and n >= 0}

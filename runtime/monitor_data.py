@@ -168,10 +168,41 @@ class EventTail:
         events = []
         for line in lines:
             try:
-                events.append(json.loads(line))
+                event = json.loads(line)
             except ValueError:
                 continue
+            if isinstance(event, dict) and isinstance(event.get("type"), str):  # else damaged: skipped
+                events.append(event)
         return events
+
+
+_TEXT = ("step", "iteration", "population", "model", "error", "op", "status")
+_NUMBER = ("t", "seconds", "agents", "calls", "agents_done")
+
+
+def _readable(e: dict) -> dict:
+    """The event with every field the page reads of the type it expects; others left out (a
+    damaged or hand-edited line then lacks them, and the page shows what the rest says)."""
+    out = {}
+    for key, value in e.items():
+        if key in _TEXT and not isinstance(value, str):
+            continue
+        if key in _NUMBER and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            continue
+        if key == "shard" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            continue
+        if key == "shards" and not (isinstance(value, dict) and all(
+                isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 100_000 for n in value.values())):
+            continue
+        if key == "samples" and not (isinstance(value, list) and all(isinstance(x, dict) for x in value)):
+            continue
+        if key == "span" and not (isinstance(value, dict) and isinstance(value.get("line"), int)):
+            continue
+        out[key] = value
+    return out
+
+
+MAX_SHARDS_SHOWN = 10_000  # a damaged event may claim any number; no run has more shards than this
 
 
 @dataclass
@@ -199,6 +230,7 @@ class MonitorState:
     errors: list = field(default_factory=list)
     summary: dict | None = None
     version: int = 0  # bumped by every change: the page redraws only when it moved
+    damaged: int = 0  # events that could not be read (skipped; the rest of the page still shows)
     last_event_wall: float = 0.0
     latest_ask: tuple | None = None  # (step id, iteration label) of the last finished ask
     asks: list = field(default_factory=list)  # (step id, iteration, Parquet path) of every finished ask
@@ -247,6 +279,13 @@ class MonitorState:
 
     def apply(self, e: dict) -> None:
         self.state.apply(e)
+        try:
+            self._apply(_readable(e))
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError):
+            # A damaged event (hand-edited, or from a crash): the page shows what the others say.
+            self.damaged += 1
+
+    def _apply(self, e: dict) -> None:
         kind = e["type"]
         if self.plan is None and kind != "run_started":
             self._load_plan()
@@ -477,7 +516,7 @@ class MonitorState:
             restarts = [r for r in self.state.restarts if r.get("population") == pop]
             info = {s.get("shard"): s for s in self.state.shard_info.get(pop, [])}
             shards = [dict(info.get(i, {}), shard=i, restarts=sum(1 for r in restarts if r.get("shard") == i))
-                      for i in range(count)]
+                      for i in range(min(count, MAX_SHARDS_SHOWN))]
             rows.append({"population": pop, "agents": self.state.agents.get(pop, 0), "shards": count,
                          "shards_done": sum(1 for p in progress if p), "shard_agents": list(progress),
                          "shard_steps": list(self.shard_steps.get(pop, [])), "in_step": bool(active),

@@ -272,3 +272,28 @@ def test_a_torn_events_line_is_ended_before_a_resumed_run_appends(finished_run):
     events = read_events(str(run_dir / "events.jsonl"))
     assert [e for e in events if e["type"] == "run_started" and "resumed_from" in e]
     assert RunState.from_events(events).status == "finished"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(json_values | st.fixed_dictionaries({"type": st.sampled_from(
+    ["run_started", "step_started", "shard_finished", "step_finished", "agent_errors", "record", "run_finished",
+     "run_failed", "checkpoint", "shard_restarted", "models", "calls_in_flight", "shards", "run_paused",
+     "stop_requested", "stopped_when", "model_retry", "model_failed"])},
+    optional={"t": json_values, "agents": json_values, "models": json_values, "shards": json_values,
+              "population": json_values, "by_model": json_values, "samples": json_values, "count": json_values,
+              "values": json_values, "status": json_values, "step": json_values, "iteration": json_values,
+              "seconds": json_values, "shard": json_values, "error": json_values, "calls": json_values,
+              "op": json_values}),
+    max_size=12))
+def test_the_monitor_page_data_takes_any_event(finished_run, lines):
+    """What the page reads every half second: a damaged events.jsonl never stops it."""
+    from populace.runtime.monitor_data import MonitorState
+
+    run_dir = _WORK / "monitor"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "plan.json").write_bytes((finished_run / "plan.json").read_bytes())
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    state = MonitorState(str(run_dir))
+    state.poll()
+    state.step_rows(), state.eta(), state.rates(), state.model_rows(), state.cost()
+    state.cluster_rows(), state.node_rows(), state.metric_series()
