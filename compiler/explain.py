@@ -294,6 +294,26 @@ class _Explainer:
             how = f"groups of {group['size']}" if "size" in group else f"one group per {group['by_field']}"
             self.lines.append(f"  group set {name}: {group['population']} in {how}")
 
+    def environments(self) -> None:
+        envs = self.plan["environments"]
+        if not envs:
+            return
+        self.lines += ["", "Environments"]
+        for name, env in sorted(envs.items()):
+            kind = env["kind"]
+            if kind == "python":
+                kind = f"{env['extension']['kind']} (Python: {env['extension']['class']}, runs in the driver)"
+            over = f" over {env['population']}" if env.get("population") else ""
+            params = dict(env["params"])
+            if isinstance(params.get("generator"), dict):
+                gen = params.pop("generator")
+                params["generator"] = f"{gen['name']}(" + ", ".join(f"{k} = {v}" for k, v in gen.items() if k != "name") + ")"
+            shown = ", ".join(f"{k} = {v if isinstance(v, str) and k == 'generator' else json.dumps(v)}"
+                              for k, v in params.items())
+            fields = ", ".join(env["fields"])
+            self.lines.append(f"  {name}: {kind}{over}" + (f"; {shown}" if shown else "") +
+                              (f"; fields {fields}" if fields else ""))
+
     def backgrounds(self) -> None:
         writes = [(p, f) for p, persona in sorted(self.plan["personas"].items()) for f in persona["fields"] if f["kind"] == "write"]
         if not writes:
@@ -480,6 +500,7 @@ def explain(compiled) -> str:
     ex = _Explainer(plan)
     ex.header()
     ex.populations()
+    ex.environments()
     ex.backgrounds()
     ex.lines += ["", "Steps"]
     ex.steps(plan["workflow"], 1, 1, True)

@@ -100,6 +100,13 @@ def test_the_plan_names_the_class_and_says_version_1_1(in_repo_root):
     load_plan(json.dumps(plan))  # the runtime reads it back
 
 
+def test_explain_lists_the_kind_and_where_it_runs():
+    from populace.compiler.explain import explain
+
+    text = explain(compile_file(str(MARKET)))
+    assert "exchange: market (Python: market:Market, runs in the driver) over traders; price = 60.0, impact = 0.2" in text
+
+
 def test_a_plan_without_python_kinds_stays_1_0_and_a_1_0_plan_with_one_is_refused():
     flagship = json.loads(compile_file(str(ROOT / "examples" / "guess_two_thirds.pop")).data)
     assert flagship["plan_version"] == "1.0"  # older runtimes still run it
