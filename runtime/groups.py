@@ -9,6 +9,8 @@ population (agent perm[j] is in group j // size).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from populace.compiler.plan.evaluate import EvalError
@@ -70,14 +72,49 @@ def partials(spec: dict, values, keys: np.ndarray):
     if fn == "share":
         return unique, (np.bincount(inverse, weights=(x != 0) & present, minlength=len(unique)), count)
     if fn in ("mean", "sum"):
-        return unique, (np.bincount(inverse, weights=x, minlength=len(unique)), count)
+        return unique, (count, *group_sums(inverse, x, len(unique)))
     if fn == "std":
-        return unique, (count, np.bincount(inverse, weights=x, minlength=len(unique)),
-                        np.bincount(inverse, weights=x * x, minlength=len(unique)))
+        return unique, (count, *group_sums(inverse, x, len(unique)), *group_sums(inverse, x * x, len(unique)))
     fill = np.inf if fn == "min" else -np.inf
     out = np.full(len(unique), fill)
     (np.minimum if fn == "min" else np.maximum).at(out, inverse[present], arr[present])
     return unique, (out,)
+
+
+def group_sums(inverse: np.ndarray, x: np.ndarray, groups: int) -> tuple:
+    """(hi, lo) per group: each group's correctly rounded sum and the rounding rest (lo is None when
+    the values are whole numbers whose sums a float holds exactly, as bincount then gives them).
+
+    Groups span shards; adding the shards' float sums would depend on where the shard boundaries
+    fall (in the last bits). With (hi, lo) from every shard, combine() rounds each group's total
+    once, so any layout gives the same bits. Non-whole values cost a Python loop over the groups.
+    """
+    if float(np.abs(x).sum()) < 2.0 ** 53 and bool(np.all(x == np.trunc(x))):
+        return np.bincount(inverse, weights=x, minlength=groups), None
+    hi, lo = np.zeros(groups), np.zeros(groups)
+    for g, part in _by_group(inverse, x, groups):
+        hi[g] = math.fsum(part)
+        part.append(-hi[g])
+        lo[g] = math.fsum(part)
+    return hi, lo
+
+
+def _fsums(inverse: np.ndarray, values: np.ndarray, groups: int) -> np.ndarray:
+    """math.fsum of each group's values."""
+    out = np.zeros(groups)
+    for g, part in _by_group(inverse, values, groups):
+        out[g] = math.fsum(part)
+    return out
+
+
+def _by_group(inverse: np.ndarray, values: np.ndarray, groups: int):
+    """(group, its values as a list) for every group with values."""
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(groups + 1)).tolist()
+    items = values[order].tolist()
+    for g in range(groups):
+        if bounds[g] < bounds[g + 1]:
+            yield g, items[bounds[g]:bounds[g + 1]]
 
 
 def combine(spec: dict, parts: list) -> dict:
@@ -96,17 +133,27 @@ def combine(spec: dict, parts: list) -> dict:
     def total(i):
         return np.bincount(inverse, weights=np.concatenate([p[1][i] for p in parts]), minlength=m)
 
+    def exact(i):  # parts hold (hi, lo) at i, i + 1: correctly rounded per group, whatever the sharding
+        los = [p[1][i + 1] for p in parts]
+        if all(lo is None for lo in los):
+            return total(i)  # whole numbers: bincount is exact
+        values = np.concatenate([p[1][i] for p in parts] + [np.zeros(len(p[0])) if lo is None else lo
+                                                             for p, lo in zip(parts, los)])
+        return _fsums(np.concatenate([inverse, inverse]), values, m)
+
     with np.errstate(invalid="ignore", divide="ignore"):
         if fn == "count":
             values = total(0).astype(np.int64)
         elif fn == "sum":
-            values = total(0)
+            values = exact(1)
             if params.get("int"):
                 values = values.astype(np.int64)
-        elif fn in ("mean", "share"):
+        elif fn == "mean":
+            values = exact(1) / total(0)
+        elif fn == "share":
             values = total(0) / total(1)
         elif fn == "std":
-            n, s, ss = total(0), total(1), total(2)
+            n, s, ss = total(0), exact(1), exact(3)
             values = np.sqrt(np.maximum(ss / n - (s / n) ** 2, 0.0))
         else:
             values = np.full(m, np.inf if fn == "min" else -np.inf)

@@ -105,6 +105,23 @@ def test_group_aggregates_and_messages_match_the_parquet_files(group_runs):
     assert metrics[0]["biggest_team"] == max(np.unique(teams, return_counts=True)[1])
 
 
+@pytest.mark.parametrize("fn", ["mean", "sum", "std"])
+def test_per_group_float_aggregates_do_not_depend_on_the_sharding(fn):
+    """Groups span shards: each shard sends every group's correctly rounded sum and its rest, so
+    1, 2, 3 or 7 shards give the same bits, and the sum is math.fsum of the group's values."""
+    import math
+
+    rng = np.random.default_rng(5)
+    keys, x = rng.integers(0, 3000, 20_000), rng.random(20_000) * 3.3
+    spec = {"agg": fn, "params": {}}
+    results = [groups.combine(spec, [groups.partials(spec, xs, ks) for xs, ks in
+                                     zip(np.array_split(x, k), np.array_split(keys, k))])["values"] for k in (1, 2, 3, 7)]
+    assert all(np.array_equal(results[0], r) for r in results[1:])
+    if fn == "sum":
+        unique = np.unique(keys)
+        assert results[0][:50].tolist() == [math.fsum(x[keys == g].tolist()) for g in unique[:50]]
+
+
 @pytest.mark.slow
 def test_groups_agree_across_executors_and_shards(group_runs):
     assert_same_runs(group_runs)
