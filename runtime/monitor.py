@@ -14,7 +14,9 @@ import argparse
 import os
 import sys
 
-from .monitor_data import PAGE_ROWS, FilterError, MonitorState, PersonaPages, distribution, find_agent, persona_files
+from .monitor_data import (
+    PAGE_ROWS, UNREADABLE, FilterError, MonitorState, PersonaPages, distribution, find_agent, persona_files, unreadable,
+)
 from .rundir import request_control
 
 TICK = 0.5  # seconds between polls of events.jsonl: live, yet cheap for a page left open all day
@@ -84,6 +86,15 @@ def _line_chart(title: str, names: list[str]) -> dict:
     }
 
 
+def _stamp(path: str):
+    """(size, mtime) of a file, None when it is gone: tells when a damaged file is worth reading again."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
 class Page:
     """One browser tab's view of the shared monitor state."""
 
@@ -97,6 +108,7 @@ class Page:
         self.distribution_path = None
         self.persona_pages = None
         self.persona_page = 0
+        self._persona_failed_path, self._persona_stamp = "", None
 
     # ------------------------------------------------------------ layout
     def build(self) -> None:
@@ -151,6 +163,8 @@ class Page:
         from nicegui import ui
 
         with self._card("Plan", "click a step for its scenario lines"):
+            self.plan_note = ui.label("").classes("w-full text-sm text-red-700 bg-red-50 p-2 rounded").mark("plan-note")
+            self.plan_note.set_visibility(False)
             self.plan_rows = ui.column().classes("w-full gap-0")
             self.source = ui.label("").classes("w-full mono text-xs whitespace-pre bg-slate-50 p-2 rounded overflow-x-auto").mark("source")
             self.source.set_visibility(False)
@@ -179,6 +193,8 @@ class Page:
                 "series": [{"type": "bar", "data": [], "color": "#64748b"}],
             }).classes("w-full h-56 distribution-chart").mark("distribution")
             self.distribution_chart.set_visibility(False)
+            self.distribution_error = ui.label("").classes("text-sm text-red-700").mark("distribution-error")
+            self.distribution_error.set_visibility(False)
 
     def _models_card(self) -> None:
         from nicegui import ui
@@ -231,6 +247,8 @@ class Page:
                 self.page_label = ui.label("").classes("text-sm text-slate-600").mark("page")
                 ui.button(icon="chevron_right", on_click=lambda: self.load_personas(self.persona_page + 1)).props("flat").mark("next-page")
             self.filter_error = ui.label("").classes("text-sm text-red-700").mark("filter-error")
+            self.personas_error = ui.label("").classes("text-sm text-red-700").mark("personas-error")
+            self.personas_error.set_visibility(False)
             self.personas = ui.table(columns=[], rows=[], row_key="agent", pagination=PAGE_ROWS).props("flat dense hide-pagination").classes("w-full").mark("personas")
 
     # ------------------------------------------------------------ updates
@@ -248,11 +266,15 @@ class Page:
         monitor, state = self.monitor, self.monitor.state
         if state.scenario:
             self.title.set_text(f"{state.scenario} · {os.path.basename(os.path.abspath(monitor.run_dir))}")
-        self.status.set_text(state.status)
-        self.status.props(f"color={STATUS_COLORS.get(state.status, 'grey-6')}")
-        self.pause.set_enabled(state.status == "running")
-        self.resume.set_enabled(state.status == "paused")
-        self.stop.set_enabled(state.status in ("running", "paused"))
+        status = monitor.status
+        if status != state.status and not state.scenario:  # no event read: the summary tells what ran
+            self.title.set_text(f"{(monitor.summary or {}).get('scenario') or 'run'} · "
+                                f"{os.path.basename(os.path.abspath(monitor.run_dir))}")
+        self.status.set_text(status)
+        self.status.props(f"color={STATUS_COLORS.get(status, 'grey-6')}")
+        self.pause.set_enabled(status == "running")
+        self.resume.set_enabled(status == "paused")
+        self.stop.set_enabled(status in ("running", "paused"))
         self.stats["steps"].set_text(fmt_count(state.steps_done))
         self.stats["agents"].set_text(fmt_count(state.agents_done))
         self.stats["calls"].set_text(fmt_count(state.calls))
@@ -272,6 +294,8 @@ class Page:
         self._draw_errors()
         if self.persona_pages is None and persona_files(monitor.run_dir):
             self._init_personas()
+        elif self.persona_pages is False and self._persona_stamp != _stamp(self._persona_failed_path):
+            self._switch_population()  # the damaged file changed (rewritten, or finished writing): try again
 
     def _draw_clock(self) -> None:
         monitor = self.monitor
@@ -293,6 +317,9 @@ class Page:
     def _draw_plan(self) -> None:
         from nicegui import ui
 
+        problems = self.monitor.file_problems()
+        self.plan_note.set_text("\n".join(problems))
+        self.plan_note.set_visibility(bool(problems))
         if self.step_widgets or not self.monitor.steps:
             return
         with self.plan_rows:
@@ -345,6 +372,11 @@ class Page:
         step, label = self.monitor.latest_ask
         shown = distribution(path)
         chart = self.distribution_chart
+        self.distribution_error.set_text(shown.get("error", ""))
+        self.distribution_error.set_visibility(shown["kind"] == "error")
+        if shown["kind"] == "error":  # a damaged file: this chart says so, the rest of the page goes on
+            chart.set_visibility(False)
+            return
         title = f"answers of {step[5:]} {label}".strip()
         if shown["kind"] == "histogram":
             edges = shown["edges"]
@@ -445,7 +477,13 @@ class Page:
     def control(self, action: str) -> None:
         from nicegui import ui
 
-        request_control(self.monitor.run_dir, action)
+        try:
+            request_control(self.monitor.run_dir, action)
+        except OSError as e:  # a read-only run directory, a full disk: say so on the page
+            reason = e.strerror or str(e)
+            ui.notify(f"cannot {action} the run: control.json cannot be written in {self.monitor.run_dir} ({reason})",
+                      type="negative")
+            return
         ui.notify({"pause": "pause requested: the run pauses after the current step",
                    "resume": "resume requested", "stop": "stop requested: the run ends after the current step"}[action])
 
@@ -458,6 +496,8 @@ class Page:
         found = await run.io_bound(find_agent, self.monitor, agent, self.population.value or "")
         self.agent_view.clear()
         with self.agent_view:
+            for problem in found.get("problems", ()):
+                ui.label(problem).classes("text-sm text-red-700").mark("agent-problem")
             if not found["persona"] and not found["answers"]:
                 ui.label(f"no agent {agent} in this run (yet)").classes("text-sm text-slate-500")
                 return
@@ -498,23 +538,40 @@ class Page:
     def _switch_population(self) -> None:
         files = persona_files(self.monitor.run_dir)
         path = files.get(self.population.value or "") or next(iter(files.values()))
-        self.persona_pages = PersonaPages(path)
+        try:
+            self.persona_pages = PersonaPages(path)
+        except UNREADABLE as e:  # a damaged file: the persona table says so, the rest of the page goes on
+            self.persona_pages = False  # tried: retried only when the file changes
+            self._persona_failed_path, self._persona_stamp = path, _stamp(path)
+            self._personas_failed(unreadable(path, e, self.monitor.run_dir))
+            return
         self.personas.columns = [{"name": c, "label": c, "field": c, "align": "left"} for c in self.persona_pages.columns]
         self.load_personas(0)
 
     def load_personas(self, number: int) -> None:
-        if self.persona_pages is None:
+        if not self.persona_pages:
             return
         try:
             page = self.persona_pages.page(number, self.filter.value or "")
         except FilterError as e:
             self.filter_error.set_text(str(e))
             return
+        except UNREADABLE as e:
+            self._personas_failed(unreadable(self.persona_pages.path, e, self.monitor.run_dir))
+            return
         self.filter_error.set_text("")
+        self.personas_error.set_visibility(False)
         self.persona_page = page["page"]
         self.personas.rows = [{k: _shown(v) for k, v in row.items()} for row in page["rows"]]
         self.personas.update()
         self.page_label.set_text(f"page {page['page'] + 1} of {page['pages']} · {page['total']:,} agents")
+
+    def _personas_failed(self, message: str) -> None:
+        self.personas_error.set_text(message)
+        self.personas_error.set_visibility(True)
+        self.personas.rows = []
+        self.personas.update()
+        self.page_label.set_text("")
 
 
 def root_for(monitor: MonitorState):

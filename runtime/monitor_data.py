@@ -242,6 +242,7 @@ class MonitorState:
         self._index: dict = {}
         self._last_done = 0
         self.failed_step = ""  # the step a run_failed points at
+        self.plan_problem = ""  # "plan.json is missing" / "plan.json is damaged: ..." while it cannot be read
 
     # -- reading
     def poll(self) -> bool:
@@ -255,7 +256,8 @@ class MonitorState:
         if events:
             self.last_event_wall = time.time()
             changed = True
-        if self.summary is None and self.state.status in ENDED:
+        if self.summary is None and (self.state.status in ENDED or self.state.status == "pending"):
+            # pending: events.jsonl missing or unreadable; a summary.json still tells how the run ended
             try:
                 with open(os.path.join(self.run_dir, "summary.json"), encoding="utf-8") as f:
                     self.summary = json.load(f)
@@ -266,13 +268,39 @@ class MonitorState:
             self.version += 1
         return changed
 
+    @property
+    def status(self) -> str:
+        """The run's status: from the events, or from summary.json when no event could be read."""
+        if self.state.status == "pending" and self.summary is not None:
+            status = self.summary.get("status") if isinstance(self.summary, dict) else None
+            return status if isinstance(status, str) and status else "pending"
+        return self.state.status
+
+    def file_problems(self) -> list[str]:
+        """Core files that are missing or damaged, one line each, for a note on the page."""
+        out = []
+        if self.plan_problem and (self.plan_problem != "plan.json is missing" or self.state.status != "pending"
+                                  or self.summary is not None):
+            out.append(self.plan_problem)
+        if self.state.status == "pending" and self.summary is not None:
+            out.append("events.jsonl is missing or damaged: the status shown is summary.json's")
+        return out
+
     def _load_plan(self) -> bool:
+        path = os.path.join(self.run_dir, "plan.json")
         try:
-            with open(os.path.join(self.run_dir, "plan.json"), encoding="utf-8") as f:
-                self.plan = json.load(f)
-        except (OSError, ValueError):
+            with open(path, encoding="utf-8") as f:
+                plan = json.load(f)
+            steps = plan_steps(plan)
+        except FileNotFoundError:
+            self.plan_problem = "plan.json is missing"
             return False
-        self.steps = plan_steps(self.plan)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            problem = f"plan.json is damaged: {type(e).__name__}: {e}"
+            changed = problem != self.plan_problem
+            self.plan_problem = problem
+            return changed
+        self.plan, self.steps, self.plan_problem = plan, steps, ""
         self.info = {row["id"]: StepInfo() for row in self.steps}
         self._index = {row["id"]: row for row in self.steps}
         return True
@@ -402,6 +430,9 @@ class MonitorState:
             if status == "failed" and (row["id"] == self.failed_step
                                        or row["id"] in self._index.get(self.failed_step, {}).get("ancestors", ())):
                 return "failed"
+            if status == "stopped" and row["op"] in ("repeat", "for") and row["count"] and ran \
+                    and _iteration_number(info.iteration) < row["count"]:
+                return "stopped"  # stopped before its last iteration (its steps show what ran)
             return "done" if ran or row["index"] <= self.reached else "not run"
         active = self.running and (row["id"] == self.running or row["id"] in self._index.get(self.running, {}).get("ancestors", ()))
         if active or (row["op"] in ("repeat", "for") and self._inside(row)):
@@ -607,12 +638,27 @@ def model_cost(model: dict, counts: dict) -> float | None:
 
 # ---------------------------------------------------------------- Parquet: answers and agents
 
+UNREADABLE = (OSError, ValueError, KeyError, pa.ArrowException)  # a truncated or hand-edited file
+
+
+def unreadable(path: str, error: BaseException, run_dir: str | None = None) -> str:
+    """`asks/ask.guess/round=3.parquet cannot be read: <reason>`: one line for the panel that failed."""
+    name = os.path.relpath(path, run_dir) if run_dir else os.path.basename(path)
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{name} cannot be read: {reason}"
+
+
 def distribution(path: str, bins: int = 20, top: int = 20) -> dict:
     """The `value` column of one ask file as a histogram (numbers) or category counts (the rest).
 
     Reads that one column only (8 bytes an agent for numbers); records and lists are not charted.
+    A file that cannot be read gives `{"kind": "error", "error": ...}`.
     """
-    column = pq.read_table(path, columns=["value"]).column("value")
+    try:
+        column = pq.read_table(path, columns=["value"]).column("value")
+    except UNREADABLE as e:
+        return {"kind": "error", "error": unreadable(path, e, os.path.dirname(os.path.dirname(os.path.dirname(path)))),
+                "missing": 0, "count": 0}
     missing = column.null_count
     present = pc.drop_null(column)
     kind = column.type
@@ -677,17 +723,24 @@ def read_agent(path: str, agent: int) -> dict | None:
 
 def find_agent(state: MonitorState, agent: int, population: str = "", last: int = 5) -> dict:
     """Persona row and the latest `last` answers (prompt hash, reply, value, error) of one agent."""
-    persona = None
+    persona, problems = None, []
     path = persona_files(state.run_dir).get(population) or next(iter(persona_files(state.run_dir).values()), None)
     if path:
-        persona = read_agent(path, agent)
+        try:
+            persona = read_agent(path, agent)
+        except UNREADABLE as e:
+            problems.append(unreadable(path, e, state.run_dir))
     answers = []
     for step, iteration, ask_path in reversed(state.ask_files()):
         if len(answers) >= last:
             break
         if not ask_path or not os.path.exists(ask_path):
             continue
-        row = read_agent(ask_path, agent)
+        try:
+            row = read_agent(ask_path, agent)
+        except UNREADABLE as e:
+            problems.append(unreadable(ask_path, e, state.run_dir))
+            continue
         if row is not None:
             row.pop("agent", None)
             answers.append(dict(row, step=step, iteration=iteration))
@@ -696,8 +749,12 @@ def find_agent(state: MonitorState, agent: int, population: str = "", last: int 
         if answer["step"] not in prompts:
             step = state._find(answer["step"])
             prompts[answer["step"]] = prompt_text(step) if step else ""
-    checkpointed = checkpointed_agent(state.run_dir, agent, population)
-    return {"agent": agent, "persona": persona, "answers": answers, "prompts": prompts,
+    try:
+        checkpointed = checkpointed_agent(state.run_dir, agent, population)
+    except UNREADABLE as e:
+        checkpointed = None
+        problems.append(str(e) if "cannot be read" in str(e) else f"checkpoint cannot be read: {e}")
+    return {"agent": agent, "persona": persona, "answers": answers, "prompts": prompts, "problems": problems,
             "state": checkpointed["state"] if checkpointed else None,
             "memory": checkpointed["memory"] if checkpointed else None,
             "checkpoint": checkpointed["checkpoint"] if checkpointed else None}
@@ -713,13 +770,15 @@ def checkpointed_agent(run_dir: str, agent: int, population: str = "") -> dict |
     directory = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if directory is None:
         return None
+    damaged = []
     for name in sorted(os.listdir(directory)):
         if not name.endswith(".arrow") or (population and not name.startswith(population + "-")):
             continue
         try:
             with pa.memory_map(os.path.join(directory, name)) as source:
                 table = ipc.open_file(source).read_all()
-        except (OSError, pa.ArrowInvalid):
+        except UNREADABLE as e:
+            damaged.append(unreadable(os.path.join(directory, name), e, run_dir))
             continue
         ids = table.column("agent")
         if not len(ids) or not ids[0].as_py() <= agent <= ids[-1].as_py():
@@ -735,6 +794,8 @@ def checkpointed_agent(run_dir: str, agent: int, population: str = "") -> dict |
             if row.get(f"m:{slot + 1}") is not None:
                 memory.append({"role": "assistant", "text": row[f"m:{slot + 1}"]})
         return {"checkpoint": os.path.basename(directory), "state": values, "memory": memory}
+    if damaged:  # the agent may be in a shard file that cannot be read: say so rather than "no state"
+        raise ValueError("; ".join(damaged))
     return None
 
 

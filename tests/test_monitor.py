@@ -480,3 +480,133 @@ async def test_page_waits_for_a_run_that_has_not_started(page_user, tmp_path):
         await user.open("/")
         await user.should_see("waiting for the run to start")
         assert _value(user, "status").text == "pending" and not _value(user, "pause").enabled
+
+
+# ---------------------------------------------------------------- damaged run directories
+
+def _copy_run(run_dir, tmp_path) -> Path:
+    path = tmp_path / "run"
+    shutil.copytree(run_dir, path)
+    return path
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_damaged_parquet_files_are_reported_not_raised(run_dir, tmp_path):
+    path = _copy_run(run_dir, tmp_path)
+    _truncate(path / "personas.parquet")
+    _truncate(path / "asks" / "ask.guess" / "round=3.parquet")
+    monitor = monitor_of(path)
+    shown = distribution(monitor.latest_ask_file())
+    assert shown["kind"] == "error"
+    assert shown["error"].startswith("asks/ask.guess/round=3.parquet cannot be read: ")
+    with pytest.raises(Exception):
+        PersonaPages(str(path / "personas.parquet"))
+    found = find_agent(monitor, 42)
+    assert found["persona"] is None
+    assert [p.split(":")[0] for p in found["problems"]] == ["personas.parquet cannot be read",
+                                                           "asks/ask.guess/round=3.parquet cannot be read"]
+    assert [a["iteration"] for a in found["answers"]] == ["[round=2]", "[round=1]"]  # the readable ones
+    # a damaged checkpoint shard file: the inspector says so instead of showing no state
+    [checkpoint] = sorted((path / "checkpoints").iterdir())[-1:]
+    for shard in checkpoint.glob("*.arrow"):
+        _truncate(shard)
+    found = find_agent(monitor, 42)
+    assert found["state"] is None and any(".arrow cannot be read" in p for p in found["problems"])
+
+
+@pytest.mark.asyncio
+async def test_page_with_damaged_parquet_files_still_shows_the_run(page_user, run_dir, tmp_path, caplog):
+    path = _copy_run(run_dir, tmp_path)
+    _truncate(path / "personas.parquet")
+    _truncate(path / "asks" / "ask.guess" / "round=3.parquet")
+    async with page_user(path) as user:
+        await user.open("/")
+        await user.should_see("guess_two_thirds")
+        assert _value(user, "status").text == "finished"
+        assert _value(user, "stat-calls").text == "600"
+        assert _value(user, "personas-error").text.startswith("personas.parquet cannot be read: ")
+        assert _value(user, "distribution-error").text.startswith("asks/ask.guess/round=3.parquet cannot be read: ")
+        await user.should_not_see(marker="distribution")
+        user.find(marker="agent-id").clear().type("42")
+        user.find(marker="inspect").click()
+        await user.should_see("agent 42")
+        await user.should_see("personas.parquet cannot be read")
+        assert [r["iteration"] for r in _value(user, "answers").rows] == ["[round=2]", "[round=1]"]
+    assert not _page_errors(caplog)
+
+
+@pytest.mark.asyncio
+async def test_page_controls_on_a_read_only_run_directory(page_user, run_dir, tmp_path, monkeypatch, caplog):
+    import populace.runtime.monitor as monitor_page
+
+    def refuse(run_dir, action):
+        raise PermissionError(13, "Permission denied", f"{run_dir}/control.json")
+
+    monkeypatch.setattr(monitor_page, "request_control", refuse)
+    shutil.copy(run_dir / "plan.json", tmp_path / "plan.json")
+    lines = (run_dir / "events.jsonl").read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if json.loads(line)["type"] == "step_started")
+    (tmp_path / "events.jsonl").write_text("".join(lines[:first + 1]))
+    async with page_user(tmp_path) as user:
+        await user.open("/")
+        assert _value(user, "status").text == "running"
+        user.find(marker="pause").click()
+        await user.should_see("cannot pause the run")
+        await user.should_see("Permission denied")
+        user.find(marker="stop").click()
+        await user.should_see("cannot stop the run")
+    assert not (tmp_path / "control.json").exists()
+    assert not _page_errors(caplog)
+
+
+@pytest.mark.asyncio
+async def test_page_notes_a_missing_or_damaged_plan(page_user, run_dir, tmp_path, caplog):
+    path = _copy_run(run_dir, tmp_path)
+    (path / "plan.json").unlink()
+    async with page_user(path) as user:
+        await user.open("/")
+        assert _value(user, "status").text == "finished"
+        await user.should_see("plan.json is missing")
+    (path / "plan.json").write_text('{"workflow": [{"op": ')
+    async with page_user(path) as user:
+        await user.open("/")
+        await user.should_see("plan.json is damaged")
+    assert not _page_errors(caplog)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("events", ["missing", "garbage"])
+async def test_page_without_events_shows_the_summary_status(page_user, run_dir, tmp_path, caplog, events):
+    path = _copy_run(run_dir, tmp_path)
+    if events == "missing":
+        (path / "events.jsonl").unlink()
+    else:
+        (path / "events.jsonl").write_text("not json\n\x00\x01garbage\n")
+    async with page_user(path) as user:
+        await user.open("/")
+        await _until(lambda: _value(user, "status").text == "finished")
+        await user.should_see("events.jsonl is missing or damaged")
+        assert not _value(user, "pause").enabled and not _value(user, "stop").enabled
+    assert not _page_errors(caplog)
+
+
+def test_a_stopped_run_shows_its_loop_as_stopped(run_dir, tmp_path):
+    shutil.copy(run_dir / "plan.json", tmp_path / "plan.json")
+    lines = (run_dir / "events.jsonl").read_text().splitlines(keepends=True)
+    second = [i for i, line in enumerate(lines) if json.loads(line)["type"] == "record"][1]
+    stopped = {"type": "run_finished", "status": "stopped", "t": 2.0}
+    (tmp_path / "events.jsonl").write_text("".join(lines[:second + 1]) + json.dumps(stopped) + "\n")
+    monitor = monitor_of(tmp_path)
+    assert monitor.state.status == "stopped"
+    rows = {r["id"]: r for r in monitor.step_rows()}
+    assert rows["step:repeat.round"]["status"] == "stopped" and rows["step:repeat.round"]["iteration"] == "round=2"
+    assert rows["step:repeat.round"]["progress"] == pytest.approx(2 / 3)
+    assert rows["step:ask.guess"]["status"] == "done"
+    # stopped after its last iteration: the loop is done
+    lines = [line for line in lines if json.loads(line)["type"] != "run_finished"]
+    (tmp_path / "events.jsonl").write_text("".join(lines) + json.dumps(stopped) + "\n")
+    assert {r["status"] for r in monitor_of(tmp_path).step_rows()} == {"done"}
