@@ -256,12 +256,17 @@ class MonitorState:
         if events:
             self.last_event_wall = time.time()
             changed = True
+        if self.summary is not None and self.state.status in ("running", "paused"):
+            self.summary = None  # read while no event was: the events now tell a run in progress
+            changed = True
         if self.summary is None and (self.state.status in ENDED or self.state.status == "pending"):
             # pending: events.jsonl missing or unreadable; a summary.json still tells how the run ended
             try:
                 with open(os.path.join(self.run_dir, "summary.json"), encoding="utf-8") as f:
-                    self.summary = json.load(f)
-                changed = True
+                    summary = json.load(f)
+                if isinstance(summary, dict):  # anything else is as good as no summary
+                    self.summary = summary
+                    changed = True
             except (OSError, ValueError):
                 pass
         if changed:
@@ -272,7 +277,7 @@ class MonitorState:
     def status(self) -> str:
         """The run's status: from the events, or from summary.json when no event could be read."""
         if self.state.status == "pending" and self.summary is not None:
-            status = self.summary.get("status") if isinstance(self.summary, dict) else None
+            status = self.summary.get("status")
             return status if isinstance(status, str) and status else "pending"
         return self.state.status
 

@@ -610,3 +610,21 @@ def test_a_stopped_run_shows_its_loop_as_stopped(run_dir, tmp_path):
     lines = [line for line in lines if json.loads(line)["type"] != "run_finished"]
     (tmp_path / "events.jsonl").write_text("".join(lines) + json.dumps(stopped) + "\n")
     assert {r["status"] for r in monitor_of(tmp_path).step_rows()} == {"done"}
+
+
+def test_summary_read_before_any_event_gives_way_to_the_events(run_dir, tmp_path):
+    path = _copy_run(run_dir, tmp_path)
+    events = (path / "events.jsonl").read_text().splitlines(keepends=True)
+    (path / "events.jsonl").write_text("")
+    monitor = monitor_of(path)
+    assert monitor.status == "finished" and monitor.file_problems() == [
+        "events.jsonl is missing or damaged: the status shown is summary.json's"]
+    first = next(i for i, line in enumerate(events) if json.loads(line)["type"] == "step_started")
+    (path / "events.jsonl").write_text("".join(events[:first + 1]))
+    monitor.poll()
+    assert monitor.status == "running" and monitor.summary is None and monitor.file_problems() == []
+    (path / "summary.json").write_text("[1, 2]")  # not an object: as good as none
+    damaged = monitor_of(tmp_path / "nowhere")
+    assert damaged.status == "pending" and damaged.file_problems() == []
+    (path / "events.jsonl").unlink()
+    assert monitor_of(path).status == "pending"
