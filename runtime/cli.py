@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("ray", "local"), default="ray")
     p.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
     p.add_argument("--cache", help="response cache (default: cache.sqlite in the run directory)")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="checkpoint before every N-th agent step (default: what the run used)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
 
     p = sub.add_parser("sweep", help="run a scenario over a grid of params and replicates; one table of all records")
@@ -308,6 +310,16 @@ def _start_monitor(run_dir: str, host: str, port: int):
     import subprocess
     import time
 
+    # The port must be free before the child starts: a probe would otherwise find another program's
+    # page there and report it as ours.
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+    except OSError as e:
+        print(f"error: the monitor cannot listen on {host}:{port}: {e.strerror or e}; choose another --port",
+              file=sys.stderr)
+        return None
     token, generated = _monitor_token(host)
     env = dict(os.environ)
     if token:
@@ -420,7 +432,7 @@ def cmd_resume(args) -> int:
 
     try:
         summary = resume_run(args.run_dir, executor=args.executor, address=args.address, quiet=args.quiet,
-                             cache=args.cache)
+                             cache=args.cache, checkpoint_every=args.checkpoint_every)
     except ResumeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -436,13 +448,17 @@ def _unwritable(error: OSError, run_dir: str | None) -> int:
 
     from .resume import checkpoints_written
 
+    import errno
+
     where = f" {error.filename}" if error.filename else " its files"
     if run_dir and checkpoints_written(run_dir):
         then = f"`populace resume {shlex.quote(run_dir)}` continues from the last checkpoint"
     else:
         then = "run it again"
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    when = "once there is room" if full else "once the directory can be written"
     print(f"error: the run cannot write{where}: {error.strerror or error}. Everything written before stays; "
-          f"once there is room, {then}.", file=sys.stderr)
+          f"{when}, {then}.", file=sys.stderr)
     return 1
 
 

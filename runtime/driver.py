@@ -108,12 +108,14 @@ class Driver:
         self.elapsed_before = 0.0
         every = plan.settings.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
         self.checkpoint_every = int(every)
+        self._every_given = checkpoint_every is not None
         self._emitting = threading.Lock()  # calls-in-flight samples come from a ticker thread (local executor)
 
     # ---------------------------------------------------------------- events
     def emit(self, event: dict) -> None:
         with self._emitting:
-            event = {"t": round(time.monotonic() - self.started, 4), **event}
+            # run time, counted on from the checkpoint in a resumed run (one time axis for the page)
+            event = {"t": round(time.monotonic() - self.started + self.elapsed_before, 4), **event}
             self.run_dir.event(event)
             if self.listener:
                 self.listener(event)
@@ -313,6 +315,7 @@ class Driver:
             "env": self.env, "totals": self.totals, "by_model": self.by_model, "latencies": self.latencies,
             "metrics_lines": self.run_dir.metrics_written, "ranges": self.executor.ranges,
             "shard_steps": self.shard_steps, "elapsed": time.monotonic() - self.started + self.elapsed_before,
+            "checkpoint_every": self.checkpoint_every,
         }
         self.run_dir.write_json(f"checkpoints/{self.seq:06d}/driver.json", state)
         self.executor.checkpoint_done()
@@ -329,7 +332,11 @@ class Driver:
         self.latencies = {name: latency.from_any(saved) for name, saved in state.get("latencies", {}).items()}
         self.shard_steps = state["shard_steps"]
         self.elapsed_before = state.get("elapsed", 0.0)
+        saved_every = state.get("checkpoint_every")
+        if not self._every_given and isinstance(saved_every, int) and not isinstance(saved_every, bool) and saved_every >= 0:
+            self.checkpoint_every = saved_every  # `run --checkpoint-every N` holds for the resume too
         self.run_dir.truncate_metrics(state["metrics_lines"])
+        self.run_dir.clear_control()
 
     def _controls(self, step, label) -> None:
         """Between steps: obey `control.json` in the run directory (pause, resume, stop).

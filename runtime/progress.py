@@ -52,6 +52,11 @@ class Progress:
                                highlight=False, markup=False)
         elif event["type"] == "run_failed":
             self.console.print(f"run failed: {event['error']}", highlight=False, markup=False)
+        elif event["type"] in ("run_paused", "run_resumed", "stop_requested"):
+            what = {"run_paused": "paused (resume from the monitor, or control.json)", "run_resumed": "resumed",
+                    "stop_requested": "stop requested: ending the run"}[event["type"]]
+            self.console.print(f"{what} before {event.get('before', '?')}{event.get('iteration', '')}",
+                               highlight=False, markup=False)
 
     def _render(self):
         s = self.state

@@ -15,7 +15,7 @@ from populace.compiler.plan import PlanError, read_plan
 from .driver import unsupported
 from .events import read_events
 from .executors import make_executor
-from .rundir import NewerFormatError, RunDir, check_format
+from .rundir import NewerFormatError, RunDir, RunDirBusy, check_format, lock
 
 
 class ResumeError(Exception):
@@ -104,7 +104,21 @@ def _latencies(saved) -> bool:
 
 
 def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, quiet: bool = True,
-               listener=None, cache: str | None = None) -> dict:
+               listener=None, cache: str | None = None, checkpoint_every: int | None = None) -> dict:
+    """Continue the run in `run_dir` from its newest usable checkpoint; ResumeError says why not."""
+    held: dict = {}  # the lock's fd until the run directory takes it over (and releases it when done)
+    try:
+        if os.path.isdir(run_dir):
+            held["fd"] = lock(run_dir)  # before anything starts: another driver may still be writing here
+        return _resume(run_dir, executor, address, quiet, listener, cache, checkpoint_every, held)
+    except RunDirBusy as e:
+        raise ResumeError(str(e)) from None
+    finally:
+        if "fd" in held:
+            os.close(held.pop("fd"))
+
+
+def _resume(run_dir, executor, address, quiet, listener, cache, checkpoint_every, held) -> dict:
     from .run import model_environment
 
     try:
@@ -130,7 +144,12 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
     except NewerFormatError as e:
         raise ResumeError(f"{run_dir} cannot be resumed: {e}") from None
     errors = []
+    damaged = _damaged_metrics_line(run_dir)
     for directory, state in candidates:
+        if damaged is not None and damaged < state.get("metrics_lines", 0):
+            # that record cannot be made again from this checkpoint: an older one may still hold it
+            errors.append(f"{os.path.basename(directory)}: metrics.jsonl line {damaged + 1} is damaged")
+            continue
         ranges = {pop: [tuple(r) for r in rs] for pop, rs in state["ranges"].items()}
         options = {"cache": os.path.abspath(cache or os.path.join(run_dir, "cache.sqlite")), "replay": False,
                    "environment": model_environment(plan), "restore": directory,
@@ -144,11 +163,31 @@ def resume_run(run_dir: str, executor: str = "ray", address: str | None = None, 
                 raise ResumeError(f"{run_dir} cannot be resumed: {_first_line(cause)}") from None
             errors.append(f"{os.path.basename(directory)}: {cause}")
             continue
-        return _finish(plan, ex, run_dir, state, quiet, listener, folder)
+        return _finish(plan, ex, run_dir, state, quiet, listener, folder, checkpoint_every, held)
+    again = "run the scenario again"
+    if os.path.exists(os.path.join(run_dir, "cache.sqlite")):
+        again += " (with --cache pointing at its cache.sqlite, so answers already paid for are reused)"
     if errors:
-        raise ResumeError("no usable checkpoint: " + "; ".join(errors))
-    raise ResumeError(f"{run_dir} has no checkpoint to resume from; run the scenario again "
-                      "(with --cache pointing at its cache.sqlite, so answers already paid for are reused)")
+        raise ResumeError("no usable checkpoint: " + "; ".join(errors) + f"; {again}")
+    raise ResumeError(f"{run_dir} has no checkpoint to resume from; {again}")
+
+
+def _damaged_metrics_line(run_dir: str) -> int | None:
+    """The index of the first complete metrics.jsonl line that is not a JSON object, or None."""
+    try:
+        with open(os.path.join(run_dir, "metrics.jsonl"), "rb") as f:
+            for i, line in enumerate(f):
+                if not line.endswith(b"\n"):
+                    return None  # a torn last line: dropped on resume anyway
+                try:
+                    ok = isinstance(json.loads(line), dict)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    return i
+    except OSError:
+        return None
+    return None
 
 
 def _finished(run_dir: str) -> str | None:
@@ -170,7 +209,8 @@ def _first_line(error) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def _finish(plan, ex, run_dir, state, quiet, listener, folder=None) -> dict:
+def _finish(plan, ex, run_dir, state, quiet, listener, folder=None, checkpoint_every=None, held=None) -> dict:
     from .run import drive
 
-    return drive(plan, ex, RunDir(run_dir), quiet, listener, resume=state, folder=folder)
+    directory = RunDir(run_dir, lock_fd=held.pop("fd", None) if held is not None else None)
+    return drive(plan, ex, directory, quiet, listener, resume=state, folder=folder, checkpoint_every=checkpoint_every)

@@ -163,10 +163,34 @@ def dumps(value) -> str:
     return json.dumps(clean(value), sort_keys=True, default=_json_default, ensure_ascii=False)
 
 
+class RunDirBusy(Exception):
+    """Another Populace process is writing this run directory."""
+
+
+def lock(path: str) -> int:
+    """Hold the run directory for this process (an flock on `.lock`, released when it ends, also by
+    kill -9): two drivers writing one directory would interleave their events and checkpoints."""
+    import fcntl
+
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, _MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunDirBusy(f"{path} is in use by another Populace process (pid {holder}); wait for it to end "
+                         "or stop it (the monitor's Stop, or Ctrl-C) first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 class RunDir:
-    def __init__(self, path: str):
+    def __init__(self, path: str, lock_fd: int | None = None):
         self.path = path
         os.makedirs(path, exist_ok=True)
+        self._lock = lock_fd if lock_fd is not None else lock(path)
         self._events = _AppendOnly(os.path.join(path, "events.jsonl"))
         self._metrics = _AppendOnly(os.path.join(path, "metrics.jsonl"))
         self.metrics_written = 0
@@ -238,6 +262,16 @@ class RunDir:
     def close(self) -> None:
         self._events.close()
         self._metrics.close()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
+
+    def clear_control(self) -> None:
+        """A resumed run starts without the pause or stop that ended (or held) the one before."""
+        try:
+            os.unlink(self.file("control.json"))
+        except FileNotFoundError:
+            pass
 
 
 def request_control(run_dir: str, action: str) -> None:

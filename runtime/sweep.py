@@ -162,10 +162,22 @@ def _run_error(run_dir: str) -> str | None:
     return error
 
 
+STOP_MARK = ".stop"  # in the sweep directory once the sweep is told to stop (worker processes look for it)
+
+
+def _stop_mark(run: SweepRun) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(run.run_dir)), STOP_MARK)
+
+
 def _interruptible(file, run, overrides, executor, shards, address) -> RunResult:
-    """execute_run, with a Ctrl-C outside the driver (compiling, between steps) as a stopped run."""
+    """execute_run, with a Ctrl-C outside the driver (compiling, between steps) as a stopped run;
+    a run that a worker picks up after the sweep was told to stop is skipped, and a run in
+    progress stops at its next step."""
+    mark = _stop_mark(run)
+    if os.path.exists(mark):
+        return RunResult(run, "skipped", "the sweep stopped before this run")
     try:
-        return execute_run(file, run, overrides, executor, shards, address)
+        return execute_run(file, run, overrides, executor, shards, address, lambda: os.path.exists(mark))
     except KeyboardInterrupt:
         return RunResult(run, "stopped", "interrupted")
 
@@ -202,6 +214,8 @@ def run_sweep(file: str, grid: dict[str, list[str]], replicates: int = 1, execut
 
         sweep_dir = new_run_dir(f"{scenario}-sweep")
     os.makedirs(sweep_dir, exist_ok=True)
+    if os.path.exists(os.path.join(sweep_dir, STOP_MARK)):
+        os.unlink(os.path.join(sweep_dir, STOP_MARK))
     runs = plan_runs(grid, replicates, base_seed, sweep_dir)
     _write_manifest(sweep_dir, file, grid, replicates, overrides, executor, runs, {})
     if on_start:
@@ -228,6 +242,7 @@ def run_sweep(file: str, grid: dict[str, list[str]], replicates: int = 1, execut
     # A run stopped by Ctrl-C (the driver catches it and ends the run "stopped") ends the sweep:
     # the runs not started are rows with status "skipped".
     ordered = [results.get(r.index) or RunResult(r, "skipped", "the sweep stopped before this run") for r in runs]
+    _write_manifest(sweep_dir, file, grid, replicates, overrides, executor, runs, {r.run.index: r for r in ordered})
     table = write_table(sweep_dir, ordered, list(grid))
     return {"sweep_dir": sweep_dir, "runs": ordered, "table": table}
 
@@ -257,7 +272,11 @@ def _run_in_processes(file, runs, overrides, shards, workers, finished) -> None:
                 collect(future, futures[future])
         except KeyboardInterrupt:
             # Ctrl-C reached the workers too (one process group): their runs end "stopped". Start
-            # no more runs, gather the ones in progress; the runs never started become "skipped".
+            # no more runs (the mark: a worker may already hold the next run), gather the ones in
+            # progress (they stop at their next step); the runs never started become "skipped".
+            if runs:
+                with open(_stop_mark(runs[0]), "w"):
+                    pass
             for future in futures:
                 future.cancel()
             for future, run in futures.items():

@@ -199,3 +199,15 @@ def test_set_takes_keywords_as_words_for_text_params(tmp_path):
     with pytest.raises(DiagnosticError) as err:
         compile_file(str(scenario), ["n=none"])
     assert "param `n` is int, not none" in str(err.value.diagnostics[0].message)
+
+
+def test_a_plan_that_uses_an_undeclared_name_is_refused_with_the_path(in_repo_root):
+    """The schema cannot see names: a hand-edited plan without the model its agents use is refused."""
+    from populace.compiler.plan import plan_hash
+
+    plan = json.loads(compile_file(FLAGSHIP).data)
+    del plan["models"]["level_k"]
+    plan["plan_hash"] = plan_hash(plan)
+    with pytest.raises(PlanError) as err:
+        load_plan(json.dumps(plan))
+    assert err.value.path == "$.agents.Player.model" and "'level_k' is used but not declared" in err.value.message

@@ -207,3 +207,74 @@ def test_a_shard_that_keeps_dying_fails_the_run_clearly_after_three_restarts(tmp
     assert len(restarts) == MAX_RESTARTS and {e["shard"] for e in restarts} == {1}
     assert [m["round"] for m in metrics(run_dir)] == [1]  # round 1 was recorded, round 2 never finished
     assert any((run_dir / "checkpoints").iterdir())
+
+
+def test_a_stopped_run_resumes_and_keeps_its_checkpoint_setting(tmp_path, capsys):
+    """Stop (the monitor's button writes control.json) ends a run; resume clears that request,
+    continues with the run's own --checkpoint-every and its event times go on from the checkpoint."""
+    from populace.runtime.rundir import request_control
+
+    path = slow_flagship(tmp_path)
+    calm = tmp_path / "calm"
+    assert main(["run", str(path), "--set", "players=60", "--set", "rounds=6", "--executor", "local", "--quiet",
+                 "--checkpoint-every", "2", "--run-dir", str(calm)]) == 0
+    run_dir = tmp_path / "r"
+    from populace.compiler import compile_file
+    from populace.compiler.plan import plan_from_dict
+    from populace.runtime.run import run_plan
+
+    plan = plan_from_dict(compile_file(str(path), ["players=60", "rounds=6"]).plan)
+
+    def stop_after_round_three(event):
+        if event["type"] == "record" and event.get("iteration") == "[round=3]":
+            request_control(str(run_dir), "stop")
+
+    summary = run_plan(plan, executor="local", run_dir=str(run_dir), listener=stop_after_round_three, checkpoint_every=2)
+    assert summary["status"] == "stopped" and len(metrics(run_dir)) == 3
+    assert main(["resume", str(run_dir), "--executor", "local", "--quiet"]) == 0
+    assert metrics(run_dir) == metrics(calm)
+    evs = events(run_dir)
+    resumed_at = next(i for i, e in enumerate(evs) if e.get("resumed_from"))
+    assert evs[resumed_at]["t"] > 0  # one time axis across the two drivers
+    # checkpoints before every 2nd agent step after the resume too, as in the uninterrupted run
+    checkpoints = [e for e in evs[resumed_at:] if e["type"] == "checkpoint"]
+    agent_steps = [e for e in evs[resumed_at:] if e["type"] == "step_started" and e["op"] == "ask"]
+    assert len(checkpoints) <= (len(agent_steps) + 1) // 2
+
+
+def test_a_run_directory_has_one_driver_at_a_time(tmp_path, capsys):
+    from populace.runtime.rundir import lock
+
+    path = slow_flagship(tmp_path)
+    run_dir = tmp_path / "r"
+    assert main(["run", str(path), "--set", "players=30", "--set", "rounds=2", "--executor", "local",
+                 "--quiet", "--run-dir", str(run_dir)]) == 0
+    (run_dir / "summary.json").unlink()
+    held = lock(str(run_dir))  # as a driver still running there would
+    try:
+        assert main(["resume", str(run_dir), "--executor", "local", "--quiet"]) == 1
+        assert "is in use by another Populace process" in capsys.readouterr().err
+        assert main(["run", str(path), "--executor", "local", "--quiet", "--run-dir", str(run_dir)]) == 1
+        assert "is in use by another Populace process" in capsys.readouterr().err
+    finally:
+        os.close(held)
+    assert main(["resume", str(run_dir), "--executor", "local", "--quiet"]) == 0
+
+
+def test_a_damaged_record_is_not_resumed_over(tmp_path, capsys):
+    """A complete metrics.jsonl line that is not JSON is counted by the checkpoints after it: they
+    cannot make it again, so resume uses an older checkpoint (or says so)."""
+    path = slow_flagship(tmp_path)
+    run_dir = tmp_path / "r"
+    assert main(["run", str(path), "--set", "players=30", "--set", "rounds=4", "--executor", "local",
+                 "--quiet", "--run-dir", str(run_dir)]) == 0
+    finished = metrics(run_dir)
+    (run_dir / "summary.json").unlink()
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    lines[-1] = lines[-1][:10] + "\n"  # the last record, cut
+    (run_dir / "metrics.jsonl").write_text("".join(lines))
+    code = main(["resume", str(run_dir), "--executor", "local", "--quiet"])
+    if code == 0:
+        assert metrics(run_dir) == finished  # an older checkpoint made the record again
+    else:
+        assert "metrics.jsonl line 4 is damaged" in capsys.readouterr().err

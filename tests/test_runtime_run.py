@@ -343,3 +343,17 @@ def test_the_live_panel_shows_calls_in_flight_cost_and_restarts():
     console.print(progress._render())
     text = console.file.getvalue()
     assert "in flight    37 requests" in text and "cost so far  $0.0123" in text and "1 shard restart(s)" in text
+
+
+def test_monitor_on_a_port_in_use_is_refused_before_the_run(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["run", str(FLAGSHIP), "--set", "players=20", "--executor", "local", "--quiet", "--monitor",
+                     "--port", str(port), "--run-dir", str(tmp_path / "r")])
+    assert code == 1
+    assert f"the monitor cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "summary.json").exists()

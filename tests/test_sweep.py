@@ -182,3 +182,19 @@ def test_ctrl_c_stops_the_runs_in_progress_of_a_parallel_sweep_on_ray(tmp_path, 
     assert 0 < len(sweep.read_records(first)) < 80  # two records a round: it stopped well before round 40
     assert main(["resume", first, "--quiet"]) == 0
     assert [r["round"] for r in sweep.read_records(first) if "mean_pick" in r] == list(range(1, 41))
+
+
+def test_after_ctrl_c_no_new_run_starts(tmp_path):
+    """A worker may already hold the next run when Ctrl-C comes: the sweep's stop mark makes it a
+    skipped run (and a run in progress stops at its next step); sweep.json says skipped, not pending."""
+    from populace.runtime import sweep
+
+    runs = sweep.plan_runs({"players": ["10"]}, 1, 11, str(tmp_path))
+    open(sweep._stop_mark(runs[0]), "w").close()
+    result = sweep._interruptible(str(TINY), runs[0], [], "local", None, None)
+    assert result.status == "skipped" and not (Path(runs[0].run_dir) / "summary.json").exists()
+    outcome = sweep.run_sweep(str(TINY), {"players": ["10", "20"]}, executor="local", parallel=1,
+                              sweep_dir=str(tmp_path / "s"))
+    assert [r.status for r in outcome["runs"]] == ["finished", "finished"]  # a new sweep clears the mark
+    manifest = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["finished", "finished"]

@@ -204,11 +204,54 @@ class Plan:
         return walk(self.workflow)
 
 
+def check_references(raw: dict) -> None:
+    """Names the plan uses are names it declares (the schema cannot say so): a hand-edited plan
+    that drops a model still used by an agent is refused here, with the JSON path of the use."""
+    declared = {kind: set(raw[kind]) for kind in ("models", "personas", "agents", "populations", "groups", "environments")}
+
+    def need(kind: str, name, path: str) -> None:
+        if name is not None and name not in declared[kind]:
+            raise PlanError(f"{kind[:-1]} {name!r} is used but not declared", path)
+
+    for name, agent in raw["agents"].items():
+        need("models", agent.get("model"), f"$.agents.{name}.model")
+        need("personas", agent.get("persona"), f"$.agents.{name}.persona")
+    for name, pop in raw["populations"].items():
+        need("personas", pop.get("persona"), f"$.populations.{name}.persona")
+        for i, part in enumerate(pop["mixture"]):
+            need("agents", part["agent"], f"$.populations.{name}.mixture[{i}].agent")
+    for name, persona in raw["personas"].items():
+        for i, f in enumerate(persona["fields"]):
+            if f.get("kind") == "write":
+                need("models", f.get("model"), f"$.personas.{name}.fields[{i}].model")
+    for name, group in raw["groups"].items():
+        need("populations", group.get("population"), f"$.groups.{name}.population")
+    for name, env in raw["environments"].items():
+        need("populations", env.get("population"), f"$.environments.{name}.population")
+
+    def steps(items, path):
+        for i, step in enumerate(items):
+            here = f"{path}[{i}]"
+            if step.get("op") in ("ask", "set_state", "call"):
+                need("populations", step.get("population"), f"{here}.population")
+            if step.get("op") == "ask":
+                need("models", step.get("model"), f"{here}.model")
+            if "env" in step and step.get("op") in ("set_env", "call"):
+                need("environments", step.get("env"), f"{here}.env")
+            steps(step.get("body", ()), f"{here}.body")
+            for j, branch in enumerate(step.get("branches", ())):
+                steps(branch.get("body", ()), f"{here}.branches[{j}].body")
+            steps(step.get("else", ()) or (), f"{here}.else")
+
+    steps(raw["workflow"], "$.workflow")
+
+
 def plan_from_dict(raw: dict) -> Plan:
     check_version(raw)
     validate_plan(raw)
     if raw["plan_hash"] != plan_hash(raw):
         raise PlanError("plan_hash does not match the plan's contents (was the file edited by hand?)", "$.plan_hash")
+    check_references(raw)
     sc = raw["scenario"]
     return Plan(
         version=raw["plan_version"], plan_hash=raw["plan_hash"], scenario=sc, seed=sc["seed"], params=sc["params"],
