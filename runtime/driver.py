@@ -8,6 +8,7 @@ aggregates come back as shard partials (map-reduce), never as rows.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 
@@ -163,7 +164,8 @@ class Driver:
                    "executor": self.executor.name, "seed": plan.seed,
                    "shards": {p: len(r) for p, r in self.executor.ranges.items()},
                    "agents": {p: pop.size for p, pop in plan.populations.items()},
-                   "scenario_dir": self.folder}  # where a resume finds the scenario's Python files
+                   "scenario_dir": self.folder,  # where a resume finds the scenario's Python files
+                   "pid": os.getpid(), "host": socket.gethostname()}  # the monitor tells a dead driver
         if resume is None:
             self.run_dir.write_bytes("plan.json", canonical_bytes(plan.raw) + b"\n")
             self.emit(started)

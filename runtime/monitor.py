@@ -21,7 +21,8 @@ from .rundir import request_control
 
 TICK = 0.5  # seconds between polls of events.jsonl: live, yet cheap for a page left open all day
 STATUS_COLORS = {"finished": "positive", "done": "positive", "running": "primary", "paused": "warning",
-                 "pending": "grey-6", "not run": "grey-6", "stopped": "orange", "failed": "negative"}
+                 "pending": "grey-6", "not run": "grey-6", "stopped": "orange", "failed": "negative",
+                 "lost": "negative"}
 SERIES_COLORS = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2"]
 
 

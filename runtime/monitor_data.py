@@ -231,6 +231,8 @@ class MonitorState:
     summary: dict | None = None
     version: int = 0  # bumped by every change: the page redraws only when it moved
     damaged: int = 0  # events that could not be read (skipped; the rest of the page still shows)
+    driver: dict = field(default_factory=dict)  # {"pid", "host"} of the run's (latest) driver
+    driver_lost: bool = False
     last_event_wall: float = 0.0
     latest_ask: tuple | None = None  # (step id, iteration label) of the last finished ask
     asks: list = field(default_factory=list)  # (step id, iteration, Parquet path) of every finished ask
@@ -256,6 +258,9 @@ class MonitorState:
         if events:
             self.last_event_wall = time.time()
             changed = True
+        lost = self._driver_lost()
+        if lost != self.driver_lost:
+            self.driver_lost, changed = lost, True
         if self.summary is not None and self.state.status in ("running", "paused"):
             self.summary = None  # read while no event was: the events now tell a run in progress
             changed = True
@@ -273,9 +278,28 @@ class MonitorState:
             self.version += 1
         return changed
 
+    def _driver_lost(self) -> bool:
+        """Is the run in progress by its events, while its driver's process is gone (kill -9, a
+        crash, a lost machine)? Known only on the driver's own machine; elsewhere: False."""
+        import socket
+
+        pid, host = self.driver.get("pid"), self.driver.get("host")
+        if self.state.status not in ("running", "paused") or not isinstance(pid, int) or host != socket.gethostname():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # it exists (another user's process): alive
+            return False
+        return False
+
     @property
     def status(self) -> str:
-        """The run's status: from the events, or from summary.json when no event could be read."""
+        """The run's status: from the events, or from summary.json when no event could be read;
+        "lost" while the events say running but the driver's process is gone."""
+        if self.driver_lost:
+            return "lost"
         if self.state.status == "pending" and self.summary is not None:
             status = self.summary.get("status")
             return status if isinstance(status, str) and status else "pending"
@@ -289,6 +313,9 @@ class MonitorState:
             out.append(self.plan_problem)
         if self.state.status == "pending" and self.summary is not None:
             out.append("events.jsonl is missing or damaged: the status shown is summary.json's")
+        if self.driver_lost:
+            out.append(f"the run's driver (pid {self.driver.get('pid')}) is gone without ending the run: "
+                       f"`populace resume {self.run_dir}` continues it from its last checkpoint")
         return out
 
     def _load_plan(self) -> bool:
@@ -324,6 +351,8 @@ class MonitorState:
             self._load_plan()
         step = e.get("step")
         if kind == "run_started":
+            driver = {k: e.get(k) for k in ("pid", "host")}
+            self.driver = driver if isinstance(driver["pid"], int) and isinstance(driver["host"], str) else {}
             self.shard_steps = {pop: [0] * n for pop, n in e.get("shards", {}).items()}
             self.shard_progress = {pop: [0] * n for pop, n in e.get("shards", {}).items()}
         elif kind == "step_started":

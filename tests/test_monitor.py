@@ -628,3 +628,28 @@ def test_summary_read_before_any_event_gives_way_to_the_events(run_dir, tmp_path
     assert damaged.status == "pending" and damaged.file_problems() == []
     (path / "events.jsonl").unlink()
     assert monitor_of(path).status == "pending"
+
+
+def test_a_run_whose_driver_died_reads_as_lost(run_dir, tmp_path):
+    """The events say running, but the driver's process is gone (kill -9): the page says so, offers
+    the resume line, and its controls (which no driver would read) are off."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that no longer runs
+    shutil.copy(run_dir / "plan.json", tmp_path / "plan.json")
+    started = {"type": "run_started", "t": 0.0, "scenario": "guess_two_thirds", "agents": {"players": 200},
+               "shards": {"players": 2}, "executor": "local", "pid": gone.pid, "host": socket.gethostname()}
+    (tmp_path / "events.jsonl").write_text(json.dumps(started) + "\n")
+    monitor = MonitorState(str(tmp_path))
+    monitor.poll()
+    assert monitor.status == "lost" and monitor.state.status == "running"
+    assert any("is gone without ending the run" in p and "populace resume" in p for p in monitor.file_problems())
+    # the same events from a live driver (this process) read as running
+    (tmp_path / "events.jsonl").write_text(json.dumps(dict(started, pid=os.getpid())) + "\n")
+    alive = MonitorState(str(tmp_path))
+    alive.poll()
+    assert alive.status == "running" and not alive.file_problems()
