@@ -8,6 +8,7 @@ temporary name and renamed, so a file that exists is complete. The directory's o
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -90,16 +91,17 @@ def temporary(directory: str, suffix: str = "") -> tuple[int, str]:
     return fd, tmp
 
 
-def write_atomic(target: str, data: bytes) -> None:
-    """Write to a temporary name, sync, rename: the file at `target` is whole or absent."""
+@contextlib.contextmanager
+def replacing(target: str, suffix: str = ""):
+    """A temporary path beside `target` for the block to write; it becomes `target` when the block
+    ends. On any error (a full disk) the temporary is removed, nothing half-written is left looking
+    complete, and an OSError names `target`."""
     directory = os.path.dirname(os.path.abspath(target))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = temporary(directory)
+    fd, tmp = temporary(directory, suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, target)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -107,6 +109,14 @@ def write_atomic(target: str, data: bytes) -> None:
         if isinstance(e, OSError):
             raise named_error(e, target) from None
         raise
+
+
+def write_atomic(target: str, data: bytes) -> None:
+    """Write to a temporary name, sync, rename: the file at `target` is whole or absent."""
+    with replacing(target) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class _AppendOnly:
@@ -206,23 +216,11 @@ class RunDir:
 
     def write_tables(self, name: str, tables: list[pa.Table]) -> None:
         """Shard tables, in agent order, as one Parquet file (a row group per shard)."""
-        target = self.file(name)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = temporary(os.path.dirname(target), ".parquet")
-        os.close(fd)
-        try:
-            schema = pa.unify_schemas([t.schema for t in tables])
-            with pq.ParquetWriter(tmp, schema) as writer:
-                for t in tables:
-                    if t.num_rows:
-                        writer.write_table(t.cast(schema))
-            os.replace(tmp, target)
-        except BaseException as e:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            if isinstance(e, OSError):
-                raise named_error(e, target) from None
-            raise
+        schema = pa.unify_schemas([t.schema for t in tables])
+        with replacing(self.file(name), ".parquet") as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            for t in tables:
+                if t.num_rows:
+                    writer.write_table(t.cast(schema))
 
     def read_control(self) -> str:
         """The latest request in control.json: "run" (none), "pause", "resume" or "stop"."""

@@ -19,7 +19,7 @@ from populace.compiler.plan.evaluate import EvalError, format_value
 
 from . import environments, groups, network, personas, rng
 from .models import AskBatch, ModelError, empty_values, make_model
-from .rundir import RUN_FORMAT, check_format, named_error, populace_version
+from .rundir import RUN_FORMAT, check_format, populace_version, replacing
 from .vector import Context, Frame, evaluate, is_vector, render_column
 
 MAX_ERROR_SAMPLES = 20
@@ -417,18 +417,10 @@ class Shard:
         table = pa.table(cols).replace_schema_metadata({"populace_format": str(RUN_FORMAT),
                                                           "populace_version": populace_version()})
         target = self.checkpoint_file(directory)
-        os.makedirs(directory, exist_ok=True)
-        tmp = target + ".tmp"
-        try:
-            with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
-            os.replace(tmp, target)
-        except BaseException as e:  # a full disk: no partial file left behind, and the error names the file
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            if isinstance(e, OSError):
-                raise named_error(e, target) from None
-            raise
+        # a full disk: no partial file left behind, and the error names the file
+        with replacing(target, ".arrow") as tmp, pa.OSFile(tmp, "wb") as sink, \
+                pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
         return target
 
     def load_checkpoint(self, directory: str) -> None:
