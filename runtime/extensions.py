@@ -156,7 +156,8 @@ def _column(values: list, t) -> np.ndarray:
 
 
 def _plain(value):
-    """numpy scalars and arrays, tuples -> Python values and lists (what JSON and a resume give back)."""
+    """numpy scalars and arrays, tuples -> Python values and lists (what JSON and a resume give
+    back); a dict key that is not text raises TypeError (JSON would turn 1 into "1")."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (np.ndarray, tuple)):
@@ -164,6 +165,9 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
+        for k in value:
+            if not isinstance(k, str):
+                raise TypeError(f"key {k!r} is not text (JSON would turn it into {str(k)!r})")
         return {k: _plain(v) for k, v in value.items()}
     return value
 
@@ -172,9 +176,8 @@ def _checked(spec, method: str, state) -> dict:
     """The state as plain JSON values (checkpointed in driver.json); an error naming the method if it cannot be."""
     if not isinstance(state, dict):
         raise ExtensionError(f"{spec.target}.{method} must leave the state a dict, not {type(state).__name__}")
-    plain = _plain(state)
     try:
-        _text_keys(plain)
+        plain = _plain(state)  # one walk turns numpy values plain and checks the keys
         json.dumps(plain, allow_nan=False)
     except (TypeError, ValueError) as e:
         # the state is checkpointed as JSON: say so now, not when the checkpoint fails
@@ -184,13 +187,3 @@ def _checked(spec, method: str, state) -> dict:
     state.update(plain)
     return state
 
-
-def _text_keys(value) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"key {k!r} is not text (JSON would turn it into {str(k)!r})")
-            _text_keys(v)
-    elif isinstance(value, list):
-        for v in value:
-            _text_keys(v)

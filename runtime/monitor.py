@@ -67,6 +67,16 @@ def fmt_cost(cost: float | None) -> str:
     return "unknown (no price)" if cost is None else f"${cost:,.4f}"
 
 
+def _pairs(values: dict) -> None:
+    """Names and values in two columns (an agent's persona, its state at a checkpoint)."""
+    from nicegui import ui
+
+    with ui.element("div").classes("grid gap-x-4 gap-y-1 text-sm").style("grid-template-columns: max-content 1fr"):
+        for key, value in values.items():
+            ui.label(key).classes("text-slate-500")
+            ui.label(str(_shown(value))).classes("mono")
+
+
 def _shown(value):
     """Floats with four decimals: a persona table is for reading, the Parquet file keeps them all."""
     return round(value, 4) if isinstance(value, float) else value
@@ -504,16 +514,10 @@ class Page:
                 return
             ui.label(f"agent {agent}").classes("font-semibold")
             if found["persona"]:
-                with ui.element("div").classes("grid gap-x-4 gap-y-1 text-sm").style("grid-template-columns: max-content 1fr"):
-                    for key, value in found["persona"].items():
-                        ui.label(key).classes("text-slate-500")
-                        ui.label(str(_shown(value))).classes("mono")
+                _pairs(found["persona"])
             if found.get("state"):
                 ui.label(f"state and answers at checkpoint {found['checkpoint']}").classes("text-xs text-slate-500")
-                with ui.element("div").classes("grid gap-x-4 gap-y-1 text-sm").style("grid-template-columns: max-content 1fr"):
-                    for key, value in found["state"].items():
-                        ui.label(key).classes("text-slate-500")
-                        ui.label(str(_shown(value))).classes("mono")
+                _pairs(found["state"])
             if found.get("memory"):
                 ui.label(f"memory at checkpoint {found['checkpoint']}").classes("text-xs text-slate-500")
                 for entry in found["memory"]:
