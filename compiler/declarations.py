@@ -25,6 +25,7 @@ from .context import Context, FieldInfo, Quiet, span_json
 from .environments import lower_kind
 from .expressions import Checker, Scope
 from .plan.evaluate import EvalError, evaluate, is_constant
+from .plan.tables import table_cell
 from .types import ANY, BOOL, FLOAT, INT, NUMERIC, STR, Ty, assignable, describe, list_of, to_json, type_of_value, unify_all
 
 DECL_KINDS = {n.ModelDecl: "model", n.PersonaDecl: "persona", n.AgentDecl: "agent", n.PopulationDecl: "population",
@@ -727,16 +728,6 @@ def _table_columns(ctx, path: str, span: n.Span) -> dict[str, Ty]:
         for k, v in row.items():
             cols.setdefault(k, []).append(v)
     return {k: unify_all([type_of_value(v) for v in vs]) for k, vs in cols.items()}
-
-
-def table_cell(text: str):
-    """A CSV cell as its value: whole number, number, or text (shared with the runtime's table reader)."""
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except (TypeError, ValueError):
-            pass
-    return text
 
 
 # ------------------------------------------------------------------ agents

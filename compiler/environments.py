@@ -110,7 +110,7 @@ def lower_kind(ctx, decl: n.EnvironmentDecl) -> dict:
 
 def find_extension(ctx, kind: str, span):
     """The Python kind `kind` from the scenario's extensions or an installed entry point, or None (reported)."""
-    from .extensions import ExtensionError, entry_point_kind
+    from .plan.extensions import ExtensionError, entry_point_kind
 
     spec = ctx.extension_kinds.get(kind)
     if spec is not None:
@@ -134,7 +134,7 @@ def find_extension(ctx, kind: str, span):
 
 def _in_range(ctx, span, name: str, value, p) -> bool:
     """A Python kind's declared choices and bounds."""
-    from .extensions import param_problem
+    from .plan.extensions import param_problem
 
     problem = param_problem(p, value)
     if problem:
@@ -230,7 +230,7 @@ def methods_of(ctx, env: str) -> dict[str, tuple]:
     if kind != "python":
         return {m: (args, result, (kind, m) in STATEMENTS, (kind, m) in PER_AGENT)
                 for m, (args, result) in METHODS.get(kind, {}).items()}
-    from .extensions import Each
+    from .plan.extensions import Each
 
     spec = ctx.extension_kinds[info["extension"]["kind"]]
     out = {}

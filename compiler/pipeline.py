@@ -60,7 +60,7 @@ def _is_module_name(text: str) -> bool:
 
 def load_extensions(ctx: Context, modules: list[str], spans: list) -> None:
     """Import the scenario's extension modules (its folder first on the path) and note their kinds."""
-    from .extensions import DeclarationError, ExtensionError, module_kinds
+    from .plan.extensions import DeclarationError, ExtensionError, module_kinds
 
     path = ctx.program.root.path
     folder = os.path.dirname(os.path.abspath(path)) if path and os.path.exists(path) else None

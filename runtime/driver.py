@@ -18,7 +18,7 @@ from typing import Callable
 from populace.compiler.plan import Plan, canonical_bytes
 from populace.compiler.plan.evaluate import EvalError, evaluate
 
-from populace.compiler.extensions import Each, ExtensionError
+from populace.compiler.plan.extensions import Each, ExtensionError
 
 from . import environments, groups, latency
 from .extensions import Extensions, scenario_folder

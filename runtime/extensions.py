@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from populace.compiler.extensions import Each, ExtensionError, load_class, spec_of
+from populace.compiler.plan.extensions import Each, ExtensionError, load_class, spec_of
 
 from . import rng
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from populace.compiler.declarations import table_cell
+from populace.compiler.plan.tables import table_cell
 
 from . import rng
 from .vector import Context, Frame, evaluate, is_vector

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from populace.compiler import compile_file
-from populace.compiler.extensions import ExtensionError
+from populace.compiler.plan.extensions import ExtensionError
 from populace.compiler.plan import load_plan, plan_from_dict
 from populace.runtime import action, each, environment_kind, param, query
 from populace.runtime.cli import main

@@ -1,5 +1,7 @@
 """Environment kinds written in Python: the declaration API and how the compiler finds them.
 
+Shared by compiler and runtime (it lives beside the plan, the one contract between them).
+
 In: a Python class marked `@environment_kind("market")`, with typed `param(...)` attributes and
 `@action(...)` / `@query(...)` methods; the scenario's `extensions = ["module", ...]` setting and
 the `populace.environments` entry-point group say where such classes live.
