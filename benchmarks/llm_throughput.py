@@ -79,7 +79,7 @@ def run_populace(provider: str, url: str, asks: int, in_flight: int) -> dict:
     base = url if provider == "anthropic" else url + "/v1"
     scenario.write_text(SCENARIO.format(asks=asks, provider=provider, in_flight=in_flight, url=base,
                                         name="claude-haiku-4-5" if provider == "anthropic" else "llama-3-8b"))
-    cmd = [sys.executable, "-m", "populace.runtime.cli", "run", str(scenario), "--quiet", "--run-dir", str(tmp / "run")]
+    cmd = [sys.executable, "-m", "populace.cli", "run", str(scenario), "--quiet", "--run-dir", str(tmp / "run")]
     env = dict(os.environ, BENCH_KEY="bench", RAY_AUTH_MODE="disabled")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     seen: dict[int, float] = {}
@@ -145,8 +145,8 @@ def in_process(provider: str, url: str, n: int, concurrency: int) -> float:
     """Populace's LLM layer alone (no Ray, no driver), warmed up: CPU ms per request."""
     import numpy as np
 
-    from populace.runtime.llm import LLMModel
-    from populace.runtime.models import AskBatch
+    from populace.runtime.models.llm import LLMModel
+    from populace.runtime.models.base import AskBatch
 
     os.environ["BENCH_KEY"] = "bench"
     settings = {"name": "claude-haiku-4-5" if provider == "anthropic" else "llama-3-8b", "api_key_env": "BENCH_KEY",

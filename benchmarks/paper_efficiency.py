@@ -60,7 +60,7 @@ PAPER = [("AgentScope actor mode, 4 machines x 64 cores", "1,000,000", "40 s"),
 
 def measure(scenario: Path, size: int, checkpoint_every: int | None) -> dict:
     run_dir = tempfile.mkdtemp(prefix=f"populace-paper-{size}-")
-    cmd = [sys.executable, "-m", "populace.runtime.cli", "run", str(scenario), "--set", f"agents={size}",
+    cmd = [sys.executable, "-m", "populace.cli", "run", str(scenario), "--set", f"agents={size}",
            "--quiet", "--run-dir", run_dir]
     if checkpoint_every is not None:
         cmd += ["--checkpoint-every", str(checkpoint_every)]

@@ -64,8 +64,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from populace.compiler import compile_file
-    from populace.runtime import personas
-    from populace.runtime.models import make_model
+    from populace.runtime.personas import sampling as personas
+    from populace.runtime.models.base import make_model
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "bench.pop")

@@ -31,7 +31,7 @@ def scenario_with_model(model: str) -> Path:
 
 def measure(size: int, days: int, executor: str, scenario: Path) -> dict:
     run_dir = tempfile.mkdtemp(prefix=f"populace-rumor-{size}-")
-    cmd = [sys.executable, "-m", "populace.runtime.cli", "run", str(scenario), "--set", f"people={size}",
+    cmd = [sys.executable, "-m", "populace.cli", "run", str(scenario), "--set", f"people={size}",
            "--set", f"days={days}", "--executor", executor, "--quiet", "--run-dir", run_dir]
     wall, peak = run_with_peak_memory(cmd, f"{size}")
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
@@ -43,7 +43,7 @@ def measure(size: int, days: int, executor: str, scenario: Path) -> dict:
 
 
 def adjacency(size: int) -> tuple[float, int, float]:
-    from populace.runtime import network
+    from populace.runtime.environments import network
 
     began = time.perf_counter()
     offsets, neighbours = network.build("friends", {"generator": {"name": "small_world", "k": 10, "p": 0.1}}, size, 11)

@@ -32,7 +32,7 @@ def scenario_with_model(model: str | None) -> Path:
 
 def measure(size: int, executor: str, extra: list[str], scenario: Path) -> dict:
     run_dir = tempfile.mkdtemp(prefix=f"populace-scale-{size}-")
-    cmd = [sys.executable, "-m", "populace.runtime.cli", "run", str(scenario),
+    cmd = [sys.executable, "-m", "populace.cli", "run", str(scenario),
            "--set", f"players={size}", "--executor", executor, "--quiet", "--run-dir", run_dir, *extra]
     wall, peak = run_with_peak_memory(cmd, f"{size}")
     summary = json.loads((Path(run_dir) / "summary.json").read_text())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from populace.runtime.cli import main
+from populace.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SEMANTIC = ROOT / "tests" / "fixtures" / "diagnostics" / "semantic"

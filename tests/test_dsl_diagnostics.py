@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from populace.runtime.cli import main
+from populace.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SYNTAX = ROOT / "tests" / "fixtures" / "diagnostics" / "syntax"

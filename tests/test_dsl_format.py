@@ -11,7 +11,7 @@ import pytest
 
 from populace.dsl.format import format_module, format_source
 from populace.dsl.load import parse_source
-from populace.runtime.cli import main
+from populace.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMAT_FIXTURES = ROOT / "tests" / "fixtures" / "format"

@@ -15,7 +15,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from populace.runtime.cli import main
+from populace.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = [p.read_bytes() for p in sorted(ROOT.glob("examples/*.pop")) + sorted((ROOT / "tests" / "fixtures" / "format").glob("*.pop"))]

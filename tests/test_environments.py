@@ -12,8 +12,9 @@ import pytest
 
 from populace.compiler import compile_file
 from populace.compiler.plan import plan_from_dict
-from populace.runtime import groups, network
-from populace.runtime.run import run_plan
+from populace.runtime.environments import groups
+from populace.runtime.environments import network
+from populace.runtime.engine.run import run_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -334,7 +335,7 @@ def _cells_near(cell, width, height, torus, moore, radius=1):
 
 
 def test_grid_moves_and_neighbourhoods(grid_runs):
-    from populace.runtime import environments
+    from populace.runtime.environments import builtin as environments
 
     summary, metrics, run_dir, plan = grid_runs["local-1"]
     assert summary["status"] == "finished" and summary["errors"] == 0, summary
@@ -368,7 +369,7 @@ def test_grid_moves_and_neighbourhoods(grid_runs):
 @pytest.mark.parametrize("width, height, agents", [(12, 9, 200), (60, 50, 40)])  # dense: cell table; sparse: binary search
 @pytest.mark.parametrize("torus, moore, radius", [(True, True, 1), (False, False, 2), (False, True, 2)])
 def test_grid_adjacency_matches_brute_force(width, height, agents, torus, moore, radius):
-    from populace.runtime import environments
+    from populace.runtime.environments import builtin as environments
 
     class Env:
         params = {"width": width, "height": height, "torus": torus, "radius": radius,
@@ -419,8 +420,8 @@ def test_el_farol_agrees_across_executors_and_shards(el_farol_runs):
 @pytest.mark.parametrize("example", ["debate", "public_goods"])
 def test_stop_then_resume_keeps_rooms_and_groups(tmp_path, example):
     """A chat room's log lives in the driver's checkpoint; group keys are rebuilt from the seed."""
-    from populace.runtime.resume import resume_run
-    from populace.runtime.rundir import request_control
+    from populace.runtime.engine.resume import resume_run
+    from populace.runtime.store.rundir import request_control
 
     path = EXAMPLES / f"{example}.pop"
     _, whole, whole_dir, plan = run(path, tmp_path, "whole")
@@ -443,7 +444,7 @@ def test_stop_then_resume_keeps_rooms_and_groups(tmp_path, example):
 
 
 def test_misuse_the_compiler_lets_through_is_refused_before_the_run(tmp_path):
-    from populace.runtime.driver import unsupported
+    from populace.runtime.engine.interpreter import unsupported
 
     text = (FIXTURES / "network.pop").read_text().replace("population nodes = param.n x Node",
                                                           "population nodes = param.n x Node\npopulation others = 5 x Node")

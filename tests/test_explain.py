@@ -9,7 +9,7 @@ import pytest
 
 from populace.compiler import compile_file
 from populace.compiler.explain import explain
-from populace.runtime.cli import main
+from populace.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPLAIN = ROOT / "tests" / "fixtures" / "explain"

@@ -14,8 +14,8 @@ from populace.compiler import compile_file
 from populace.compiler.plan.extensions import ExtensionError
 from populace.compiler.plan import load_plan, plan_from_dict
 from populace.runtime import action, each, environment_kind, param, query
-from populace.runtime.cli import main
-from populace.runtime.run import run_plan
+from populace.cli.main import main
+from populace.runtime.engine.run import run_plan
 
 from test_environments import asks, assert_same_runs
 
@@ -392,7 +392,7 @@ def test_wrong_values_from_a_kind_are_said_with_its_name(tmp_path, capsys, probe
 def test_numpy_values_and_tuples_in_the_state_become_plain_json(tmp_path, probe_module):
     import sys
 
-    from populace.runtime.extensions import Extensions
+    from populace.runtime.environments.python_kinds import Extensions
 
     scenario = _probe(tmp_path, "numpy")
     plan = plan_from_dict(compile_file(str(scenario)).plan)
@@ -408,7 +408,7 @@ def test_a_declared_field_may_not_hide_the_kinds_state(tmp_path, capsys, probe_m
 
 
 def test_a_class_changed_since_compiling_is_refused(tmp_path, probe_module):
-    from populace.runtime.driver import unsupported
+    from populace.runtime.engine.interpreter import unsupported
 
     raw = compile_file(str(_probe(tmp_path))).plan
     raw["environments"]["box"]["extension"]["signature"] = "0" * 16  # as if `take` had changed since

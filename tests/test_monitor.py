@@ -13,12 +13,10 @@ import pytest
 
 from populace.compiler import compile_file
 from populace.compiler.plan import plan_from_dict
-from populace.runtime.events import RunState
-from populace.runtime.monitor_auth import COOKIE, TokenGate, exposed
-from populace.runtime.monitor_data import (
-    EventTail, FilterError, MonitorState, PersonaPages, distribution, find_agent, persona_files,
-)
-from populace.runtime.run import run_plan
+from populace.runtime.store.events import RunState
+from populace.runtime.monitor.auth import COOKIE, TokenGate, exposed
+from populace.runtime.monitor.data import EventTail, FilterError, MonitorState, PersonaPages, distribution, find_agent, persona_files
+from populace.runtime.engine.run import run_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGSHIP = ROOT / "examples" / "guess_two_thirds.pop"
@@ -337,7 +335,7 @@ def page_user():
     """A simulated browser tab on the monitor page of a run directory."""
     from nicegui.testing.user_simulation import user_simulation
 
-    from populace.runtime.monitor import root_for
+    from populace.runtime.monitor.page import root_for
 
     def open_page(path):
         return user_simulation(root=root_for(MonitorState(str(path))))
@@ -541,7 +539,7 @@ async def test_page_with_damaged_parquet_files_still_shows_the_run(page_user, ru
 
 @pytest.mark.asyncio
 async def test_page_controls_on_a_read_only_run_directory(page_user, run_dir, tmp_path, monkeypatch, caplog):
-    import populace.runtime.monitor as monitor_page
+    import populace.runtime.monitor.page as monitor_page
 
     def refuse(run_dir, action):
         raise PermissionError(13, "Permission denied", f"{run_dir}/control.json")

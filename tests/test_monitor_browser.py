@@ -35,7 +35,7 @@ def start_run(tmp_path, name, port, *extra, env=None):
     log = open(tmp_path / f"{name}.log", "w")
     # NiceGUI takes a server that inherits PYTEST_CURRENT_TEST for its own test harness.
     env = {k: v for k, v in (env or os.environ).items() if k != "PYTEST_CURRENT_TEST"}
-    command = [sys.executable, "-m", "populace.runtime.cli", "run", str(FLAGSHIP), "--executor", "local",
+    command = [sys.executable, "-m", "populace.cli", "run", str(FLAGSHIP), "--executor", "local",
                "--quiet", "--run-dir", str(tmp_path / name), "--monitor", "--port", str(port), *extra]
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
     deadline = time.monotonic() + 30

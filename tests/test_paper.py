@@ -15,7 +15,7 @@ import pytest
 
 from populace.compiler import compile_file
 from populace.compiler.plan import plan_from_dict
-from populace.runtime.run import run_plan
+from populace.runtime.engine.run import run_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "examples" / "paper"
@@ -156,7 +156,7 @@ def test_the_same_file_compiles_on_real_models(tmp_path):
 
 
 def test_check_and_explain_accept_every_setup(capsys):
-    from populace.runtime.cli import main
+    from populace.cli.main import main
 
     assert main(["check", str(GUESS)]) == 0
     for setup in (["variant=famous"], ["grouping=both"], ["mixture=mixed", "players=1500"], ["temperature=0"]):

@@ -22,9 +22,10 @@ from fake_llm import FakeLLM
 from populace.compiler import compile_file
 from populace.compiler.explain import explain
 from populace.compiler.plan import plan_from_dict
-from populace.runtime import personas, persona_cli
-from populace.runtime.cli import main
-from populace.runtime.run import run_plan
+from populace.runtime.personas import sampling as personas
+from populace.cli import personas as persona_cli
+from populace.cli.main import main
+from populace.runtime.engine.run import run_plan
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "personas"
 DISTRIBUTIONS = FIXTURES / "distributions.pop"

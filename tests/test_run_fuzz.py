@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from populace.compiler import compile_file
 from populace.compiler.plan import PlanError, plan_hash, read_plan
-from populace.runtime.cli import main
-from populace.runtime.driver import unsupported
-from populace.runtime.events import RunState, read_events
-from populace.runtime.rundir import NewerFormatError
+from populace.cli.main import main
+from populace.runtime.engine.interpreter import unsupported
+from populace.runtime.store.events import RunState, read_events
+from populace.runtime.store.rundir import NewerFormatError
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [ROOT / "examples" / name for name in ("guess_two_thirds.pop", "el_farol.pop", "rumor.pop")]
@@ -287,7 +287,7 @@ def test_a_torn_events_line_is_ended_before_a_resumed_run_appends(finished_run):
     max_size=12))
 def test_the_monitor_page_data_takes_any_event(finished_run, lines):
     """What the page reads every half second: a damaged events.jsonl never stops it."""
-    from populace.runtime.monitor_data import MonitorState
+    from populace.runtime.monitor.data import MonitorState
 
     run_dir = _WORK / "monitor"
     run_dir.mkdir(exist_ok=True)

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from populace.runtime.cli import main
-from populace.runtime.events import RunState, read_events
-from populace.runtime.rundir import RUN_FORMAT, NewerFormatError
+from populace.cli.main import main
+from populace.runtime.store.events import RunState, read_events
+from populace.runtime.store.rundir import RUN_FORMAT, NewerFormatError
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGSHIP = ROOT / "examples" / "guess_two_thirds.pop"
@@ -102,7 +102,7 @@ def test_checkpoints_with_model_latencies_resume(tmp_path):
     rewrite_json(newest / "driver.json", lambda s: s.update(latencies={"level_k": {"12": 3, "40": 1}}))
     rewrite_json(before / "driver.json", lambda s: s.update(latencies={"level_k": [0.01, 0.2]}))
     from populace.compiler.plan import read_plan
-    from populace.runtime.resume import checkpoints
+    from populace.runtime.engine.resume import checkpoints
 
     assert [Path(d).name for d, _ in checkpoints(str(run_dir), read_plan(str(run_dir / "plan.json")))] == [
         newest.name, before.name]
@@ -170,7 +170,7 @@ def slow_flagship(tmp_path: Path, latency: str = "400ms") -> Path:
 def cli(*args: str, file_size_limit: int | None = None, code: str | None = None, **popen) -> subprocess.Popen:
     """`populace ARGS` (or python `code` with ARGS) in a subprocess; with `file_size_limit`, writes
     past that many bytes fail with EFBIG (RLIMIT_FSIZE, SIGXFSZ ignored), as on a full disk."""
-    body = code or "from populace.runtime.cli import main\nsys.exit(main(sys.argv[1:]))"
+    body = code or "from populace.cli import main\nsys.exit(main(sys.argv[1:]))"
     if file_size_limit is not None:
         body = ("import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
                 f"resource.setrlimit(resource.RLIMIT_FSIZE, ({file_size_limit}, {file_size_limit}))\n" + body)
@@ -298,7 +298,7 @@ def test_a_full_disk_is_one_clear_line_and_the_run_resumes_once_there_is_room(tm
 
 CACHE_ON_A_FULL_DISK = """
 import sys
-from populace.runtime.cache import ResponseCache
+from populace.runtime.models.cache import ResponseCache
 cache = ResponseCache(sys.argv[1])
 for i in range(100):
     cache.put(str(i), "x" * 50_000, {}, "m")
@@ -329,7 +329,7 @@ import ray
 from ray.cluster_utils import Cluster
 from populace.compiler import compile_file
 from populace.compiler.plan import plan_from_dict
-import populace.runtime.run as run_module
+import populace.runtime.engine.run as run_module
 
 scenario, run_dir = sys.argv[1], sys.argv[2]
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 80 << 20,
@@ -369,7 +369,7 @@ cluster.shutdown()
 def test_a_lost_ray_node_restarts_its_shards_on_the_head_and_the_results_are_unchanged(tmp_path):
     from populace.compiler import compile_file
     from populace.compiler.plan import plan_from_dict
-    from populace.runtime.run import run_plan
+    from populace.runtime.engine.run import run_plan
 
     path = slow_flagship(tmp_path, latency="600ms")
     plan = plan_from_dict(compile_file(str(path), ["players=400", "rounds=3"]).plan)

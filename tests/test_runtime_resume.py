@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from populace.runtime.cli import main
+from populace.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGSHIP = ROOT / "examples" / "guess_two_thirds.pop"
@@ -41,7 +41,7 @@ def events(run_dir: Path) -> list[dict]:
 
 
 def start(path: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "populace.runtime.cli", "run", str(path), "--set", "players=3000", "--set", "rounds=8",
+    cmd = [sys.executable, "-m", "populace.cli", "run", str(path), "--set", "players=3000", "--set", "rounds=8",
            "--executor", "local", "--quiet", "--run-dir", str(run_dir), *extra]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
@@ -123,7 +123,7 @@ def test_a_shard_worker_killed_mid_step_is_restarted_and_the_results_are_unchang
 
     from populace.compiler import compile_file
     from populace.compiler.plan import plan_from_dict
-    from populace.runtime.run import run_plan
+    from populace.runtime.engine.run import run_plan
 
     path = slow_flagship(tmp_path)
     text = path.read_text().replace("latency = 50ms", "latency = 600ms")
@@ -149,7 +149,7 @@ def test_a_shard_worker_killed_mid_step_is_restarted_and_the_results_are_unchang
             threading.Thread(target=kill).start()
 
     # reach the executor the run creates, to find the worker's pid
-    import populace.runtime.run as run_module
+    import populace.runtime.engine.run as run_module
 
     executor_ref = {}
     original = run_module.make_executor
@@ -190,8 +190,8 @@ def test_a_shard_that_keeps_dying_fails_the_run_clearly_after_three_restarts(tmp
     error, the restarts are events, and the checkpoints before the step stay for a resume."""
     from populace.compiler import compile_file
     from populace.compiler.plan import plan_from_dict
-    from populace.runtime.executors import MAX_RESTARTS
-    from populace.runtime.run import run_plan
+    from populace.runtime.engine.executors import MAX_RESTARTS
+    from populace.runtime.engine.run import run_plan
 
     text = FLAGSHIP.read_text().replace('function = "populace.runtime.policies:level_k"',
                                         'function = "policies_for_tests:dies_in_round_two"')
@@ -212,7 +212,7 @@ def test_a_shard_that_keeps_dying_fails_the_run_clearly_after_three_restarts(tmp
 def test_a_stopped_run_resumes_and_keeps_its_checkpoint_setting(tmp_path, capsys):
     """Stop (the monitor's button writes control.json) ends a run; resume clears that request,
     continues with the run's own --checkpoint-every and its event times go on from the checkpoint."""
-    from populace.runtime.rundir import request_control
+    from populace.runtime.store.rundir import request_control
 
     path = slow_flagship(tmp_path)
     calm = tmp_path / "calm"
@@ -221,7 +221,7 @@ def test_a_stopped_run_resumes_and_keeps_its_checkpoint_setting(tmp_path, capsys
     run_dir = tmp_path / "r"
     from populace.compiler import compile_file
     from populace.compiler.plan import plan_from_dict
-    from populace.runtime.run import run_plan
+    from populace.runtime.engine.run import run_plan
 
     plan = plan_from_dict(compile_file(str(path), ["players=60", "rounds=6"]).plan)
 
@@ -243,7 +243,7 @@ def test_a_stopped_run_resumes_and_keeps_its_checkpoint_setting(tmp_path, capsys
 
 
 def test_a_run_directory_has_one_driver_at_a_time(tmp_path, capsys):
-    from populace.runtime.rundir import lock
+    from populace.runtime.store.rundir import lock
 
     path = slow_flagship(tmp_path)
     run_dir = tmp_path / "r"

@@ -11,8 +11,8 @@ import pytest
 
 from populace.compiler import compile_file
 from populace.compiler.plan import plan_from_dict
-from populace.runtime.cli import main
-from populace.runtime.run import run_plan
+from populace.cli.main import main
+from populace.runtime.engine.run import run_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGSHIP = ROOT / "examples" / "guess_two_thirds.pop"
@@ -200,7 +200,7 @@ def test_division_by_zero_fails_the_run_with_the_scenario_line(tmp_path):
 
 
 def test_memory_keeps_the_last_entries(tmp_path):
-    from populace.runtime.shard import Shard
+    from populace.runtime.engine.shard import Shard
 
     plan = compile_file(str(CONSTRUCTS)).plan
     shard = Shard(plan, "voters", 0, 0, 10)
@@ -214,7 +214,7 @@ def test_memory_keeps_the_last_entries(tmp_path):
 
 
 def test_run_state_folds_the_events_of_a_run(flagship_runs):
-    from populace.runtime.events import RunState, read_events
+    from populace.runtime.store.events import RunState, read_events
 
     summary, _, run_dir = flagship_runs["ray-2"]
     events = read_events(str(run_dir / "events.jsonl"))
@@ -235,7 +235,7 @@ def test_progress_prints_plain_lines_off_a_terminal(tmp_path):
 
     from rich.console import Console
 
-    from populace.runtime.progress import Progress
+    from populace.cli.progress import Progress
 
     out = io.StringIO()
     plan = plan_from_dict(compile_file(str(FLAGSHIP), ["players=200"]).plan)
@@ -249,8 +249,8 @@ def test_progress_prints_plain_lines_off_a_terminal(tmp_path):
 def test_pause_resume_and_stop_through_the_control_file(tmp_path):
     import threading
 
-    from populace.runtime.events import read_events
-    from populace.runtime.rundir import request_control
+    from populace.runtime.store.events import read_events
+    from populace.runtime.store.rundir import request_control
 
     plan = plan_from_dict(compile_file(str(FLAGSHIP), ["players=100", "rounds=50"]).plan)
     run_dir = tmp_path / "controlled"
@@ -330,7 +330,7 @@ def test_the_live_panel_shows_calls_in_flight_cost_and_restarts():
 
     from rich.console import Console
 
-    from populace.runtime.progress import Progress
+    from populace.cli.progress import Progress
 
     progress = Progress(quiet=True)
     for event in [{"type": "run_started", "scenario": "x", "agents": {"p": 10}, "shards": {"p": 2}, "executor": "ray"},

@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .events import RunState
-from .rundir import iteration_file
+from populace.runtime.store.events import RunState
+from populace.runtime.store.rundir import iteration_file
 
 AGENT_STEP_OPS = ("ask", "set_state", "tell", "broadcast")  # ops that emit step_started/step_finished
 ENDED = ("finished", "stopped", "failed")
@@ -799,7 +799,7 @@ def checkpointed_agent(run_dir: str, agent: int, population: str = "") -> dict |
     directory holds no other per-agent state): read from the one shard file that holds the agent."""
     import pyarrow.ipc as ipc
 
-    from .shard import latest_checkpoint
+    from populace.runtime.engine.shard import latest_checkpoint
 
     directory = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if directory is None:

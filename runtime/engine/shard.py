@@ -17,10 +17,14 @@ import pyarrow as pa
 from populace.compiler.plan import plan_from_dict
 from populace.compiler.plan.evaluate import EvalError, format_value
 
-from . import environments, groups, network, personas, rng
-from .models import AskBatch, ModelError, empty_values, make_model
-from .rundir import RUN_FORMAT, check_format, populace_version, replacing
-from .vector import Context, Frame, evaluate, is_vector, render_column
+from populace.runtime.environments import builtin as environments
+from populace.runtime.environments import groups
+from populace.runtime.environments import network
+from populace.runtime.personas import sampling as personas
+from populace.runtime.columns import rng
+from populace.runtime.models.base import AskBatch, ModelError, empty_values, make_model
+from populace.runtime.store.rundir import RUN_FORMAT, check_format, populace_version, replacing
+from populace.runtime.columns.vector import Context, Frame, evaluate, is_vector, render_column
 
 MAX_ERROR_SAMPLES = 20
 

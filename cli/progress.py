@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .events import RunState
+from populace.runtime.store.events import RunState
 
 
 class Progress:

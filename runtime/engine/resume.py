@@ -12,10 +12,10 @@ import os
 
 from populace.compiler.plan import PlanError, read_plan
 
-from .driver import unsupported
-from .events import read_events
+from .interpreter import unsupported
+from populace.runtime.store.events import read_events
 from .executors import make_executor
-from .rundir import NewerFormatError, RunDir, RunDirBusy, check_format, lock
+from populace.runtime.store.rundir import NewerFormatError, RunDir, RunDirBusy, check_format, lock
 
 
 class ResumeError(Exception):

@@ -130,7 +130,7 @@ def el_farol(batch) -> np.ndarray:
     Nobody can be right on average by copying everyone else, so attendance keeps oscillating
     around the threshold instead of settling.
     """
-    from . import rng
+    from populace.runtime.columns import rng
 
     n = len(batch.ids)
     bar = next((v for v in batch.env.values() if isinstance(v, dict) and "attendance" in v), {})

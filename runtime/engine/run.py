@@ -5,10 +5,10 @@ and by tests; the same code path for the local and the ray executor.
 """
 from __future__ import annotations
 
-from .driver import Driver, used_models
+from .interpreter import Driver, used_models
 from .executors import make_executor
-from .progress import Progress
-from .rundir import RunDir, new_run_dir
+from populace.cli.progress import Progress
+from populace.runtime.store.rundir import RunDir, new_run_dir
 
 
 def run_plan(plan, executor: str = "ray", shards: int | None = None, address: str | None = None,

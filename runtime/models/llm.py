@@ -25,7 +25,7 @@ import numpy as np
 
 from . import replies
 from .cache import ResponseCache, request_key
-from .models import Answers, AskBatch, ModelError, empty_values
+from .base import Answers, AskBatch, ModelError, empty_values
 
 RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504, 529)
 MAX_LOGGED = 50

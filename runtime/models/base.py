@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import rng
-from .vector import is_vector
+from populace.runtime.columns import rng
+from populace.runtime.columns.vector import is_vector
 
 OFFLINE_PROVIDERS = ("mock", "python")
 

@@ -84,12 +84,12 @@ def evaluate(expr: dict, frame: Frame, ctx: Context):
         return frame.columns[expr["col"]]
     if "agg" in expr:
         if "via" in expr:
-            from .environments import via_aggregate
+            from populace.runtime.environments.builtin import via_aggregate
 
             return via_aggregate(expr, frame, ctx)
         return ctx.aggregates[agg_key(expr)]
     if "method" in expr:
-        from .environments import method_value
+        from populace.runtime.environments.builtin import method_value
 
         return method_value(expr, frame, ctx, [evaluate(a, frame, ctx) for a in expr["args"]])
     if "op" in expr:

@@ -17,7 +17,7 @@ import numpy as np
 
 from populace.compiler.plan.evaluate import EvalError
 
-from . import rng
+from populace.runtime.columns import rng
 
 MAX_COMPLETE = 20_000  # complete() stores n*(n-1) ends: 20,000 agents are 1.6 GB
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from populace.compiler.plan.tables import table_cell
 
-from . import rng
-from .vector import Context, Frame, evaluate, is_vector
+from populace.runtime.columns import rng
+from populace.runtime.columns.vector import Context, Frame, evaluate, is_vector
 
 
 def _draw(dist: dict, seed: int, purpose: str, start: int, stop: int):

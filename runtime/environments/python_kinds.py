@@ -17,7 +17,7 @@ import numpy as np
 
 from populace.compiler.plan.extensions import Each, ExtensionError, load_class, spec_of
 
-from . import rng
+from populace.runtime.columns import rng
 
 
 def scenario_folder(plan, given: str | None = None) -> str | None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from populace.compiler.plan.evaluate import EvalError
 
-from . import rng
+from populace.runtime.columns import rng
 
 PER_GROUP = ("mean", "sum", "count", "share", "min", "max", "std", "median", "quantile")
 

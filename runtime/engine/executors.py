@@ -42,8 +42,8 @@ def agreed_persona_texts(plan, ranges: dict, options: dict | None) -> tuple[dict
     texts are written here, once per combination for the whole population (personas.agreed_texts),
     before the shards start, and the shards take them instead of writing their own.
     """
-    from . import personas
-    from .models import make_model
+    from populace.runtime.personas import sampling as personas
+    from populace.runtime.models.base import make_model
     from .shard import write_texts
 
     known, usage, models = {}, {}, {}

@@ -185,7 +185,7 @@ def cmd_compile(args) -> int:
     compiled = compile_file(args.file, args.overrides)
     _print_warnings(compiled)
     if args.output:
-        from .rundir import write_atomic
+        from populace.runtime.store.rundir import write_atomic
 
         write_atomic(args.output, compiled.data + b"\n")
         print(f"plan {compiled.plan_hash[:12]} written to {args.output}", file=sys.stderr)
@@ -212,8 +212,8 @@ def cmd_run(args) -> int:
     from populace.compiler import compile_file
     from populace.compiler.plan import plan_from_dict
 
-    from .driver import unsupported
-    from .run import run_plan
+    from populace.runtime.engine.interpreter import unsupported
+    from populace.runtime.engine.run import run_plan
 
     compiled = compile_file(args.file, args.overrides)
     _print_warnings(compiled)
@@ -235,7 +235,7 @@ def cmd_run(args) -> int:
         return 2
     run_dir, monitor = args.run_dir, None
     if args.monitor:
-        from .rundir import new_run_dir
+        from populace.runtime.store.rundir import new_run_dir
 
         run_dir = run_dir or new_run_dir(plan.scenario["name"])
         os.makedirs(run_dir, exist_ok=True)
@@ -282,7 +282,7 @@ def _monitor_token(host: str) -> tuple[str | None, bool]:
     import os
     import secrets
 
-    from .monitor_auth import exposed
+    from populace.runtime.monitor.auth import exposed
 
     if not exposed(host):
         return None, False
@@ -345,7 +345,7 @@ def _start_monitor(run_dir: str, host: str, port: int):
 def cmd_monitor(args) -> int:
     import os
 
-    from .monitor import serve
+    from populace.runtime.monitor.page import serve
 
     if not os.path.isdir(args.run_dir):
         print(f"error: no run directory {args.run_dir}", file=sys.stderr)
@@ -366,8 +366,8 @@ def _newer_run_dir(run_dir: str) -> str | None:
 
     from populace.compiler.plan import SUPPORTED_MAJOR, PlanError, check_version
 
-    from .events import read_events
-    from .rundir import NewerFormatError
+    from populace.runtime.store.events import read_events
+    from populace.runtime.store.rundir import NewerFormatError
 
     try:
         with open(os.path.join(run_dir, "plan.json"), encoding="utf-8") as f:
@@ -410,7 +410,7 @@ def cmd_explain(args) -> int:
 def cmd_personas(args) -> int:
     from populace.compiler import compile_file
 
-    from .persona_cli import run
+    from .personas import run
 
     if args.n < 0 or args.summary_size < 0:
         print("error: -n and --summary-size must not be negative", file=sys.stderr)
@@ -428,7 +428,7 @@ COMMANDS["monitor"] = cmd_monitor
 
 def cmd_resume(args) -> int:
     from .progress import print_summary
-    from .resume import ResumeError, resume_run
+    from populace.runtime.engine.resume import ResumeError, resume_run
 
     try:
         summary = resume_run(args.run_dir, executor=args.executor, address=args.address, quiet=args.quiet,
@@ -446,7 +446,7 @@ def _unwritable(error: OSError, run_dir: str | None) -> int:
     """A full disk, a read-only or missing directory: one line naming the file and the reason."""
     import shlex
 
-    from .resume import checkpoints_written
+    from populace.runtime.engine.resume import checkpoints_written
 
     import errno
 
@@ -467,7 +467,7 @@ def _status_code(summary: dict) -> int:
     import os
     import shlex
 
-    from .resume import checkpoints_written
+    from populace.runtime.engine.resume import checkpoints_written
 
     status, run_dir = summary["status"], summary["run_dir"]
     if status != "finished" and checkpoints_written(run_dir):
@@ -481,7 +481,7 @@ COMMANDS["resume"] = cmd_resume
 
 
 def cmd_sweep(args) -> int:
-    from .sweep import SweepError, parse_grid, run_sweep
+    from populace.runtime.engine.sweep import SweepError, parse_grid, run_sweep
 
     if args.shards is not None and args.shards < 1:
         print("error: --shards must be at least 1", file=sys.stderr)

@@ -21,8 +21,9 @@ import numpy as np
 
 from populace.compiler.plan.evaluate import EvalError
 
-from . import groups, network
-from .vector import agg_key, is_vector
+from . import groups
+from . import network
+from populace.runtime.columns.vector import agg_key, is_vector
 
 MOVES = {"north": (0, -1), "n": (0, -1), "south": (0, 1), "s": (0, 1), "east": (1, 0), "e": (1, 0),
          "west": (-1, 0), "w": (-1, 0), "stay": (0, 0), "none": (0, 0)}
@@ -103,7 +104,7 @@ def initial_values(plan, env) -> dict:
 # ------------------------------------------------------------------ grids
 def grid_positions(plan, env) -> list:
     """Start cells: agent i at a cell drawn from the seed; several agents may share a cell."""
-    from . import rng
+    from populace.runtime.columns import rng
 
     n = plan.populations[env.population].size
     ids = np.arange(n, dtype=np.int64)

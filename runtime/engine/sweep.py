@@ -112,7 +112,7 @@ def execute_run(file: str, run: SweepRun, overrides: list[str], executor: str, s
         from populace.compiler.plan import plan_from_dict, plan_hash
         from populace.dsl.diagnostics import DiagnosticError
 
-        from .driver import unsupported
+        from .interpreter import unsupported
         from .run import run_plan
 
         try:
@@ -210,7 +210,7 @@ def run_sweep(file: str, grid: dict[str, list[str]], replicates: int = 1, execut
     base_seed = int(compiled.plan["scenario"]["seed"])
     scenario = compiled.plan["scenario"]["name"]
     if sweep_dir is None:
-        from .rundir import new_run_dir
+        from populace.runtime.store.rundir import new_run_dir
 
         sweep_dir = new_run_dir(f"{scenario}-sweep")
     os.makedirs(sweep_dir, exist_ok=True)
@@ -334,7 +334,7 @@ def _run_on_ray(file, runs, overrides, shards, address, parallel, finished) -> N
 
 
 def _write_manifest(sweep_dir, file, grid, replicates, overrides, executor, runs, results) -> None:
-    from .rundir import write_atomic
+    from populace.runtime.store.rundir import write_atomic
 
     manifest = {
         "scenario_file": os.path.abspath(file), "grid": grid, "replicates": replicates,
@@ -375,7 +375,7 @@ def write_table(sweep_dir: str, results: list[RunResult], grid_names: list[str])
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from .rundir import write_atomic
+    from populace.runtime.store.rundir import write_atomic
 
     rows = table_rows(results, grid_names)
     columns: list[str] = []

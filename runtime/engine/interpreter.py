@@ -20,12 +20,14 @@ from populace.compiler.plan.evaluate import EvalError, evaluate
 
 from populace.compiler.plan.extensions import Each, ExtensionError
 
-from . import environments, groups, latency
-from .extensions import Extensions, scenario_folder
-from .models import OFFLINE_PROVIDERS, ModelError, PythonModel
-from .rundir import RUN_FORMAT, RunDir, iteration_file, populace_version
+from populace.runtime.environments import builtin as environments
+from populace.runtime.environments import groups
+from populace.runtime.models import latency
+from populace.runtime.environments.python_kinds import Extensions, scenario_folder
+from populace.runtime.models.base import OFFLINE_PROVIDERS, ModelError, PythonModel
+from populace.runtime.store.rundir import RUN_FORMAT, RunDir, iteration_file, populace_version
 from .shard import combine
-from .vector import agg_key
+from populace.runtime.columns.vector import agg_key
 
 SHARD_OPS = ("ask", "set_state", "tell", "broadcast")  # steps that change agents: checkpoints come before them
 

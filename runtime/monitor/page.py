@@ -14,10 +14,8 @@ import argparse
 import os
 import sys
 
-from .monitor_data import (
-    PAGE_ROWS, UNREADABLE, FilterError, MonitorState, PersonaPages, distribution, find_agent, persona_files, unreadable,
-)
-from .rundir import request_control
+from .data import PAGE_ROWS, UNREADABLE, FilterError, MonitorState, PersonaPages, distribution, find_agent, persona_files, unreadable
+from populace.runtime.store.rundir import request_control
 
 TICK = 0.5  # seconds between polls of events.jsonl: live, yet cheap for a page left open all day
 STATUS_COLORS = {"finished": "positive", "done": "positive", "running": "primary", "paused": "warning",
@@ -591,7 +589,7 @@ def serve(run_dir: str, host: str = "127.0.0.1", port: int = 8080, token: str | 
     """Serve the page until Ctrl-C (or until process `watch_pid`, the run that started us, is gone)."""
     from nicegui import app, ui
 
-    from .monitor_auth import TokenGate, exposed
+    from .auth import TokenGate, exposed
 
     if exposed(host):
         if not token:

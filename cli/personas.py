@@ -23,7 +23,7 @@ import numpy as np
 
 from populace.compiler.plan.evaluate import format_value
 
-from . import personas
+from populace.runtime.personas import sampling as personas
 
 OFFLINE = ("mock",)
 MOST_COMMON = 5  # values listed for a text field with few distinct values
@@ -132,7 +132,7 @@ def sample_personas(plan: dict, population: str, n: int, write=None, environ=os.
 
 def model_writer(plan: dict, seed: int, environ=os.environ, options: dict | None = None):
     """A `write(model, prompts)` for personas.sample that builds each model's client once, as a shard does."""
-    from .models import make_model
+    from populace.runtime.models.base import make_model
 
     models: dict = {}
 
