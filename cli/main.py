@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resume", help="continue a run whose driver died, from its last checkpoint")
     p.add_argument("run_dir")
-    p.add_argument("--executor", choices=("ray", "local"), default="ray")
+    p.add_argument("--executor", choices=("ray", "local"), default=None,
+                   help="where the shards run (default: where the run started)")
     p.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
     p.add_argument("--cache", help="response cache (default: cache.sqlite in the run directory)")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
@@ -212,8 +213,10 @@ def cmd_run(args) -> int:
     from populace.compiler import compile_file
     from populace.compiler.plan import plan_from_dict
 
-    from populace.runtime.engine.interpreter import unsupported
+    from populace.runtime.engine.preflight import unsupported
     from populace.runtime.engine.run import run_plan
+
+    from .progress import Progress
 
     compiled = compile_file(args.file, args.overrides)
     _print_warnings(compiled)
@@ -237,7 +240,7 @@ def cmd_run(args) -> int:
     if args.monitor:
         from populace.runtime.store.rundir import new_run_dir
 
-        run_dir = run_dir or new_run_dir(plan.scenario["name"])
+        run_dir = run_dir or new_run_dir(plan.scenario.name)
         os.makedirs(run_dir, exist_ok=True)
         monitor = _start_monitor(run_dir, args.host, args.port)
         if monitor is None:
@@ -248,7 +251,8 @@ def cmd_run(args) -> int:
             return 2
         try:
             summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address, folder=folder,
-                               run_dir=run_dir, quiet=args.quiet, cache=args.cache, replay=args.replay,
+                               run_dir=run_dir, display=Progress(quiet=args.quiet), cache=args.cache,
+                               replay=args.replay,
                                checkpoint_every=args.checkpoint_every)
         except OSError as e:
             return _unwritable(e, run_dir)
@@ -427,11 +431,13 @@ COMMANDS["monitor"] = cmd_monitor
 
 
 def cmd_resume(args) -> int:
-    from .progress import print_summary
     from populace.runtime.engine.resume import ResumeError, resume_run
 
+    from .progress import Progress, print_summary
+
     try:
-        summary = resume_run(args.run_dir, executor=args.executor, address=args.address, quiet=args.quiet,
+        summary = resume_run(args.run_dir, executor=args.executor, address=args.address,
+                             display=Progress(quiet=args.quiet),
                              cache=args.cache, checkpoint_every=args.checkpoint_every)
     except ResumeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -446,7 +452,7 @@ def _unwritable(error: OSError, run_dir: str | None) -> int:
     """A full disk, a read-only or missing directory: one line naming the file and the reason."""
     import shlex
 
-    from populace.runtime.engine.resume import checkpoints_written
+    from populace.runtime.store.checkpoints import checkpoints_written
 
     import errno
 
@@ -467,7 +473,7 @@ def _status_code(summary: dict) -> int:
     import os
     import shlex
 
-    from populace.runtime.engine.resume import checkpoints_written
+    from populace.runtime.store.checkpoints import checkpoints_written
 
     status, run_dir = summary["status"], summary["run_dir"]
     if status != "finished" and checkpoints_written(run_dir):

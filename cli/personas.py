@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from populace.compiler.plan import Model, Persona
+from populace.compiler.plan.codec import from_json
+
 from populace.compiler.plan.evaluate import format_value
 
 from populace.runtime.personas import sampling as personas
@@ -125,8 +128,8 @@ def sample_personas(plan: dict, population: str, n: int, write=None, environ=os.
     sampled_persona, left_out = without(persona, drop)
     if write is None:
         write = model_writer(plan, seed, environ)
-    columns = personas.sample(sampled_persona, 0, min(n, pop["size"]), seed, write=write)
-    types = personas.column_types(persona)
+    columns = personas.sample(from_json(Persona, sampled_persona), 0, min(n, pop["size"]), seed, write=write)
+    types = personas.column_types(from_json(Persona, persona))
     return Sampled(population, persona["name"], columns, {k: types.get(k, {"kind": "any"}) for k in columns}, left_out)
 
 
@@ -138,7 +141,7 @@ def model_writer(plan: dict, seed: int, environ=os.environ, options: dict | None
 
     def write(name: str, prompts: list[str]) -> list[str]:
         if name not in models:
-            models[name] = make_model(plan["models"][name], 0, 1, dict(options or {}, environment=dict(environ)))
+            models[name] = make_model(from_json(Model, plan["models"][name]), 0, 1, dict(options or {}, environment=dict(environ)))
         return models[name].write(prompts, seed)
 
     return write

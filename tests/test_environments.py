@@ -74,7 +74,7 @@ def assert_same_runs(runs: dict) -> None:
 
 def keys_of(plan, group: str, personas: pd.DataFrame) -> np.ndarray:
     g = plan.groups[group]
-    size = plan.populations[g["population"]].size
+    size = plan.populations[g.population].size
     return groups.group_keys(g, size, plan.seed, np.arange(size), {c: personas[c].to_numpy() for c in personas})
 
 
@@ -444,7 +444,7 @@ def test_stop_then_resume_keeps_rooms_and_groups(tmp_path, example):
 
 
 def test_misuse_the_compiler_lets_through_is_refused_before_the_run(tmp_path):
-    from populace.runtime.engine.interpreter import unsupported
+    from populace.runtime.engine.preflight import unsupported
 
     text = (FIXTURES / "network.pop").read_text().replace("population nodes = param.n x Node",
                                                           "population nodes = param.n x Node\npopulation others = 5 x Node")

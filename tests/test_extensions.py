@@ -408,7 +408,7 @@ def test_a_declared_field_may_not_hide_the_kinds_state(tmp_path, capsys, probe_m
 
 
 def test_a_class_changed_since_compiling_is_refused(tmp_path, probe_module):
-    from populace.runtime.engine.interpreter import unsupported
+    from populace.runtime.engine.preflight import unsupported
 
     raw = compile_file(str(_probe(tmp_path))).plan
     raw["environments"]["box"]["extension"]["signature"] = "0" * 16  # as if `take` had changed since

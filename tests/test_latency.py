@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from populace.runtime.models import latency
+from populace.runtime.store import latency
 
 
 @pytest.mark.parametrize("scale", [0.002, 0.3, 40.0])

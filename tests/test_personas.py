@@ -21,7 +21,8 @@ from scipy import stats
 from fake_llm import FakeLLM
 from populace.compiler import compile_file
 from populace.compiler.explain import explain
-from populace.compiler.plan import plan_from_dict
+from populace.compiler.plan import Persona, plan_from_dict
+from populace.compiler.plan.codec import from_json
 from populace.runtime.personas import sampling as personas
 from populace.cli import personas as persona_cli
 from populace.cli.main import main
@@ -40,7 +41,7 @@ def plan():
 
 @pytest.fixture(scope="module")
 def persona(plan):
-    return plan["personas"]["everyone"]
+    return from_json(Persona, plan["personas"]["everyone"])
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +242,7 @@ def test_table_without_replacement_uses_each_row_once(tmp_path):
     path = tmp_path / "unique.pop"
     path.write_text(WITHOUT.format())
     raw = compile_file(str(path), []).plan
-    persona = raw["personas"]["p"]
+    persona = from_json(Persona, raw["personas"]["p"])
     whole = personas.sample(persona, 0, 40, 5)
     assert sorted(whole["who.id"].tolist()) == list(range(40))
     assert whole["who.id"].tolist() != list(range(40))  # shuffled, not in file order

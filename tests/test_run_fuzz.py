@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from populace.compiler import compile_file
 from populace.compiler.plan import PlanError, plan_hash, read_plan
 from populace.cli.main import main
-from populace.runtime.engine.interpreter import unsupported
+from populace.runtime.engine.preflight import unsupported
 from populace.runtime.store.events import RunState, read_events
 from populace.runtime.store.rundir import NewerFormatError
 

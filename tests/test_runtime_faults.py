@@ -102,7 +102,7 @@ def test_checkpoints_with_model_latencies_resume(tmp_path):
     rewrite_json(newest / "driver.json", lambda s: s.update(latencies={"level_k": {"12": 3, "40": 1}}))
     rewrite_json(before / "driver.json", lambda s: s.update(latencies={"level_k": [0.01, 0.2]}))
     from populace.compiler.plan import read_plan
-    from populace.runtime.engine.resume import checkpoints
+    from populace.runtime.store.checkpoints import checkpoints
 
     assert [Path(d).name for d, _ in checkpoints(str(run_dir), read_plan(str(run_dir / "plan.json")))] == [
         newest.name, before.name]

@@ -202,10 +202,14 @@ def test_division_by_zero_fails_the_run_with_the_scenario_line(tmp_path):
 def test_memory_keeps_the_last_entries(tmp_path):
     from populace.runtime.engine.shard import Shard
 
-    plan = compile_file(str(CONSTRUCTS)).plan
+    from populace.compiler.plan import steps
+
+    plan = plan_from_dict(compile_file(str(CONSTRUCTS)).plan)
     shard = Shard(plan, "voters", 0, 0, 10)
     shard.broadcast("one")
-    shard.tell({"target": {"kind": "agent", "population": "voters", "index": {"lit": 3}}, "message": {"lit": "two"}},
+    span = steps.Span("x.pop", 1, 1, 1, 1)
+    target = steps.TellTarget(kind="agent", population="voters", index={"lit": 3})
+    shard.tell(steps.Tell(id="step:tell", span=span, target=target, sender=None, where=None, message={"lit": "two"}),
                {"seed": 7})
     shard.broadcast("three")
     assert shard.memory_of(3) == [("user", "two"), ("user", "three")]  # memory = last 2

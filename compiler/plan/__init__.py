@@ -1,8 +1,9 @@
 """The execution plan: its version, canonical bytes, schema validation, and the typed model.
 
 In: a plan dict (from the compiler) or plan JSON bytes (from a file). Out: canonical bytes with a
-sha256 `plan_hash`, or a Plan (frozen dataclasses) for the runtime, or a PlanError naming the
-JSON path of the first problem. The runtime imports this module, never the syntax tree.
+sha256 `plan_hash`, or a Plan (frozen dataclasses: parts.py, steps.py) for the runtime, or a
+PlanError naming the JSON path of the first problem. The runtime imports this package (the one
+contract between compiler and runtime), never the syntax tree.
 Compatibility: see docs/plan-format.md. A plan of a newer major version is refused, naming both.
 """
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
 from importlib import resources
 
 import jsonschema
 import referencing
+
+from .codec import from_json, to_json
+from .parts import (Agent, Environment, Extension, Group, Limits, Model, Persona, Plan, Population, Scenario,
+                    default_in_flight)
+from .steps import Span, Step
 
 PLAN_VERSION = "1.1"  # the newest plan this Populace writes and reads
 BASE_VERSION = "1.0"  # what a plan without 1.1 features says, so older runtimes still run it
@@ -128,82 +133,6 @@ def check_version(plan) -> None:
                         "$.plan_version")
 
 
-# ------------------------------------------------------------------ the typed plan
-@dataclass(frozen=True, slots=True)
-class Model:
-    name: str
-    provider: str
-    settings: dict
-    limits: dict
-    price: dict | None
-
-
-@dataclass(frozen=True, slots=True)
-class Persona:
-    name: str
-    fields: tuple  # dicts in evaluation order
-
-
-@dataclass(frozen=True, slots=True)
-class Agent:
-    name: str
-    persona: str | None
-    model: str | None
-    memory: int
-    system: dict | None
-    state: dict
-
-
-@dataclass(frozen=True, slots=True)
-class Population:
-    name: str
-    size: int
-    persona: str | None
-    mixture: tuple  # {"agent", "share", "start", "count"}
-    state: dict  # name -> {"type", "default"}
-    outputs: dict  # name -> type
-    max_agents_per_shard: int
-
-
-@dataclass(frozen=True, slots=True)
-class Environment:
-    name: str
-    kind: str
-    fields: dict  # name -> {"type", "init"}
-    params: dict
-    population: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    version: str
-    plan_hash: str
-    scenario: dict
-    seed: int
-    params: dict
-    settings: dict
-    models: dict  # name -> Model
-    personas: dict
-    agents: dict
-    populations: dict
-    groups: dict
-    environments: dict
-    workflow: tuple  # step dicts, nested
-    raw: dict  # the validated JSON, for writing back out
-
-    def steps(self):
-        """Every step, depth first (loop bodies and branches included)."""
-        def walk(steps):
-            for s in steps:
-                yield s
-                yield from walk(s.get("body", ()))
-                for b in s.get("branches", ()):
-                    yield from walk(b["body"])
-                yield from walk(s.get("else", ()))
-
-        return walk(self.workflow)
-
-
 def check_references(raw: dict) -> None:
     """Names the plan uses are names it declares (the schema cannot say so): a hand-edited plan
     that drops a model still used by an agent is refused here, with the JSON path of the use."""
@@ -247,25 +176,23 @@ def check_references(raw: dict) -> None:
 
 
 def plan_from_dict(raw: dict) -> Plan:
+    """A plan's JSON -> version check -> schema validation -> hash and references -> the typed Plan."""
     check_version(raw)
     validate_plan(raw)
     if raw["plan_hash"] != plan_hash(raw):
         raise PlanError("plan_hash does not match the plan's contents (was the file edited by hand?)", "$.plan_hash")
     check_references(raw)
-    sc = raw["scenario"]
-    return Plan(
-        version=raw["plan_version"], plan_hash=raw["plan_hash"], scenario=sc, seed=sc["seed"], params=sc["params"],
-        settings=sc["settings"],
-        models={k: Model(k, m["provider"], m["settings"], m["limits"], m.get("price")) for k, m in raw["models"].items()},
-        personas={k: Persona(k, tuple(p["fields"])) for k, p in raw["personas"].items()},
-        agents={k: Agent(k, a["persona"], a["model"], a["memory"], a["system"], a["state"]) for k, a in raw["agents"].items()},
-        populations={k: Population(k, p["size"], p["persona"], tuple(p["mixture"]), p["state"], p["outputs"],
-                                   p["max_agents_per_shard"]) for k, p in raw["populations"].items()},
-        groups=raw["groups"],
-        environments={k: Environment(k, e["kind"], e["fields"], e["params"], e.get("population"))
-                      for k, e in raw["environments"].items()},
-        workflow=tuple(raw["workflow"]), raw=raw,
-    )
+    return from_json(Plan, raw)
+
+
+def plan_to_dict(plan: Plan) -> dict:
+    """The typed plan as its JSON (the exact inverse of plan_from_dict on a valid plan)."""
+    return to_json(plan)
+
+
+def plan_bytes(plan: Plan) -> bytes:
+    """The canonical bytes of a typed plan: what plan.json holds."""
+    return canonical_bytes(to_json(plan))
 
 
 def load_plan(data: bytes | str) -> Plan:

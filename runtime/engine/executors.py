@@ -1,6 +1,6 @@
 """Executors: where shards live. `local` keeps them in this process; `ray` puts each in an actor.
 
-In: the plan JSON and a shard layout (population -> [(start, stop)]). Out: an object with
+In: the typed plan and a shard layout (population -> [(start, stop)]). Out: an object with
 `call(population, method, *args) -> [result per shard]` and `call_all(method, *args)`; both
 executors run the same Shard code, so results are identical. Ray handles never leave this module.
 """
@@ -50,14 +50,14 @@ def agreed_persona_texts(plan, ranges: dict, options: dict | None) -> tuple[dict
 
     def write(name: str, prompts: list[str]) -> list[str]:
         if name not in models:
-            models[name] = make_model(plan.raw["models"][name], 0, 1, options)
+            models[name] = make_model(plan.models[name], 0, 1, options)
         return write_texts(models[name], name, prompts, plan.seed, usage)
 
     try:
         for pop_name, rs in sorted(ranges.items()):
             pop = plan.populations[pop_name]
             if len(rs) > 1 and pop.persona:
-                texts = personas.agreed_texts(plan.raw["personas"][pop.persona], pop.size, plan.seed, write)
+                texts = personas.agreed_texts(plan.personas[pop.persona], pop.size, plan.seed, write)
                 if texts:
                     known[pop_name] = texts
     finally:
@@ -75,10 +75,10 @@ def _with_texts(options: dict | None, known: dict, pop: str) -> dict | None:
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, plan_raw: dict, plan, shards: int | None, options: dict | None = None, ranges=None):
+    def __init__(self, plan, shards: int | None, options: dict | None = None, ranges=None):
         self.ranges = ranges = ranges or layout(plan, shards, 1)
         known, self.write_usage = agreed_persona_texts(plan, ranges, options)
-        self.shards = {pop: [Shard(plan_raw, pop, i, a, b, len(rs), _with_texts(options, known, pop))
+        self.shards = {pop: [Shard(plan, pop, i, a, b, len(rs), _with_texts(options, known, pop))
                              for i, (a, b) in enumerate(rs)] for pop, rs in ranges.items()}
 
     def call(self, population: str, method: str, *args, on_done=None, on_wait=None) -> list:
@@ -122,7 +122,7 @@ class LocalExecutor:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, plan_raw: dict, plan, shards: int | None, address: str | None = None,
+    def __init__(self, plan, shards: int | None, address: str | None = None,
                  options: dict | None = None, ranges=None):
         import ray
 
@@ -151,7 +151,7 @@ class RayExecutor:
         # The plan goes inline with each actor's creation (it is a few KB: plans do not grow with
         # agents), so Ray keeps it in the actor's spec and a restarted actor gets it again.
         known, self.write_usage = agreed_persona_texts(plan, ranges, options)
-        self.actors = {pop: [remote.remote(plan_raw, pop, i, a, b, len(rs), _with_texts(options, known, pop))
+        self.actors = {pop: [remote.remote(plan, pop, i, a, b, len(rs), _with_texts(options, known, pop))
                              for i, (a, b) in enumerate(rs)] for pop, rs in ranges.items()}
         try:
             ray.get([a.ready.remote() for actors in self.actors.values() for a in actors])
@@ -264,7 +264,7 @@ def make_executor(kind: str, plan, shards: int | None = None, address: str | Non
     """`options`: what shards need besides the plan ({"cache", "replay", "environment", "restore"});
     `ranges`: a fixed layout (a resumed run keeps its checkpoint's)."""
     if kind == "local":
-        return LocalExecutor(plan.raw, plan, shards, options, ranges)
+        return LocalExecutor(plan, shards, options, ranges)
     if kind == "ray":
-        return RayExecutor(plan.raw, plan, shards, address or os.environ.get("RAY_ADDRESS"), options, ranges)
+        return RayExecutor(plan, shards, address or os.environ.get("RAY_ADDRESS"), options, ranges)
     raise ValueError(f"unknown executor {kind!r}")

@@ -1,44 +1,52 @@
-"""Run a plan end to end: executor, run directory, driver, progress.
+"""Run a plan end to end: executor, run directory, driver.
 
-In: a Plan and run options. Out: the run's summary dict (also in summary.json). Used by the CLI
-and by tests; the same code path for the local and the ray executor.
+In: a typed Plan and run options. Out: the run's summary dict (also in summary.json). Used by the
+CLI, the Python API and tests; the same code path for the local and the ray executor. `display`
+(the CLI's live panel) is a context manager that is also called with every event.
 """
 from __future__ import annotations
 
-from .interpreter import Driver, used_models
-from .executors import make_executor
-from populace.cli.progress import Progress
+import contextlib
+import os
+
 from populace.runtime.store.rundir import RunDir, new_run_dir
+
+from .executors import make_executor
+from .interpreter import Driver
+from .preflight import used_models
 
 
 def run_plan(plan, executor: str = "ray", shards: int | None = None, address: str | None = None,
-             run_dir: str | None = None, quiet: bool = True, listener=None, cache: str | None = None,
+             run_dir: str | None = None, display=None, listener=None, cache: str | None = None,
              replay: bool = False, checkpoint_every: int | None = None, should_stop=None,
              folder: str | None = None) -> dict:
     """`cache`: the response cache (default: cache.sqlite in the run directory); `replay`: refuse
     any model call whose reply is not in the cache; `should_stop()`: asked between steps, True
     ends the run as stopped (a sweep's Ctrl-C reaches runs in other threads this way); `folder`: the
     scenario's folder, where its own Python (extensions, python models) is imported from."""
-    import os
-
-    directory = RunDir(run_dir or new_run_dir(plan.scenario["name"]))
+    directory = RunDir(run_dir or new_run_dir(plan.scenario.name))
     every = plan.settings.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
     options = {"cache": os.path.abspath(cache or directory.file("cache.sqlite")), "replay": replay,
                "environment": model_environment(plan),
                "checkpoints": os.path.abspath(directory.file("checkpoints")), "restartable": every == 1,
                "scenario_dir": folder}
-    ex = make_executor(executor, plan, shards, address, options)
-    return drive(plan, ex, directory, quiet, listener, checkpoint_every=checkpoint_every, should_stop=should_stop,
+    try:
+        ex = make_executor(executor, plan, shards, address, options)
+    except BaseException:
+        directory.close()
+        raise
+    return drive(plan, ex, directory, display, listener, checkpoint_every=checkpoint_every, should_stop=should_stop,
                  folder=folder)
 
 
-def drive(plan, ex, directory: RunDir, quiet: bool, listener=None, resume: dict | None = None,
+def drive(plan, ex, directory: RunDir, display=None, listener=None, resume: dict | None = None,
           checkpoint_every: int | None = None, should_stop=None, folder: str | None = None) -> dict:
-    """Run (or, with `resume`, continue) the driver with progress; close the executor and files."""
+    """Run (or, with `resume`, continue) the driver; close the executor and files."""
     try:
-        with Progress(quiet=quiet) as progress:
+        with display if display is not None else contextlib.nullcontext():
             def listen(event):
-                progress(event)
+                if display is not None:
+                    display(event)
                 if listener:
                     listener(event)
 
@@ -60,8 +68,6 @@ def model_environment(plan) -> dict:
     environment, so the values travel with the shard's constructor arguments. They are never
     written to the run directory, the plan or an event.
     """
-    import os
-
     out = {}
     for name in used_models(plan):
         model = plan.models[name]

@@ -112,7 +112,7 @@ def execute_run(file: str, run: SweepRun, overrides: list[str], executor: str, s
         from populace.compiler.plan import plan_from_dict, plan_hash
         from populace.dsl.diagnostics import DiagnosticError
 
-        from .interpreter import unsupported
+        from .preflight import unsupported
         from .run import run_plan
 
         try:
@@ -131,7 +131,7 @@ def execute_run(file: str, run: SweepRun, overrides: list[str], executor: str, s
         if problems:
             return RunResult(run, "failed", "; ".join(problems), time.monotonic() - started, params=typed)
         os.makedirs(run.run_dir, exist_ok=True)
-        summary = run_plan(plan, executor=executor, shards=shards, address=address, run_dir=run.run_dir, quiet=True,
+        summary = run_plan(plan, executor=executor, shards=shards, address=address, run_dir=run.run_dir,
                            folder=folder,
                            should_stop=should_stop)
         status = summary.get("status", "failed")

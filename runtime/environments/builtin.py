@@ -19,6 +19,8 @@ import os
 
 import numpy as np
 
+from populace.compiler.plan import steps as s
+from populace.compiler.plan.codec import to_json
 from populace.compiler.plan.evaluate import EvalError
 
 from . import groups
@@ -62,26 +64,31 @@ def check_plan(plan) -> list[str]:
     """What this runtime refuses before a run starts (misuse the compiler lets through)."""
     problems = []
     for step in plan.steps():
-        pop = step.get("population") if step["op"] in ("ask", "set_state") else step.get("sender")
-        systems = [plan.agents[part["agent"]].system for part in plan.populations[pop].mixture] \
-            if step["op"] == "ask" else []
-        for node in walk([step, systems]):
+        pop = getattr(step, "population", None) if isinstance(step, (s.Ask, s.SetState)) else getattr(step, "sender", None)
+        systems = [plan.agents[part.agent].system for part in plan.populations[pop].mixture] \
+            if isinstance(step, s.Ask) else []
+        for node in walk([to_json(step), systems]):
             via = node.get("via") if isinstance(node, dict) and "agg" in node else None
             if not via:
                 continue
-            owner = plan.groups[via["group"]]["population"] if "group" in via else plan.environments[via["neighbors"]].population
+            owner = plan.groups[via["group"]].population if "group" in via else plan.environments[via["neighbors"]].population
             if pop and pop != owner:
-                problems.append(f"{step['id']}: `{pop}` agents have no {'group in ' + via['group'] if 'group' in via else 'neighbours in ' + via['neighbors']}, "
+                problems.append(f"{step.id}: `{pop}` agents have no {'group in ' + via['group'] if 'group' in via else 'neighbours in ' + via['neighbors']}, "
                                 f"which is over `{owner}`")
-        if step["op"] == "tell" and step["target"]["kind"] in ("group", "neighbors"):
-            if step["sender"] != step["target"]["population"]:
-                problems.append(f"{step['id']}: the senders (`{step['sender']}`) must be the agents of "
-                                f"`{step['target'].get('group') or step['target'].get('env')}` (`{step['target']['population']}`)")
-        if step["op"] == "call":
-            kind = plan.environments[step["env"]].kind
-            if kind != "python" and (kind, step["method"]) not in (("chatroom", "post"), ("grid", "move")):
-                problems.append(f"{step['id']}: `{step['env']}.{step['method']}` is not a statement")
+        if isinstance(step, s.Tell) and step.target.kind in ("group", "neighbors"):
+            if step.sender != step.target.population:
+                problems.append(f"{step.id}: the senders (`{step.sender}`) must be the agents of "
+                                f"`{step.target.group or step.target.env}` (`{step.target.population}`)")
+        if isinstance(step, s.Call):
+            kind = plan.environments[step.env].kind
+            if kind != "python" and (kind, step.method) not in (("chatroom", "post"), ("grid", "move")):
+                problems.append(f"{step.id}: `{step.env}.{step.method}` is not a statement")
     for env in plan.environments.values():
+        if env.kind == "network" and env.params.get("edges"):
+            path = initial_values(plan, env)["_edges"]
+            if not os.path.isfile(path):
+                problems.append(f"environment `{env.name}`: its edge list {env.params['edges']} is not at {path} "
+                                f"(it is read relative to the scenario file, {env.span.file})")
         if env.kind == "network" and env.params.get("generator", {}).get("name") == "complete" \
                 and plan.populations[env.population].size > network.MAX_COMPLETE:
             problems.append(f"environment `{env.name}`: complete() over more than {network.MAX_COMPLETE:,} agents")
@@ -93,7 +100,7 @@ def initial_values(plan, env) -> dict:
     if env.kind == "chatroom":
         return {"posts": []}
     if env.kind == "network" and env.params.get("edges"):
-        span_file = plan.raw["environments"][env.name]["span"]["file"]
+        span_file = env.span.file
         path = os.path.join(os.path.dirname(span_file), env.params["edges"])
         return {"_edges": os.path.abspath(path)}
     if env.kind == "grid":

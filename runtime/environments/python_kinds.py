@@ -25,7 +25,7 @@ def scenario_folder(plan, given: str | None = None) -> str | None:
     scenario file as the plan names it (relative to the current directory)."""
     if given:
         return given
-    source = plan.scenario.get("source")
+    source = plan.scenario.source
     return os.path.dirname(os.path.abspath(source)) if source else None
 
 
@@ -40,16 +40,16 @@ class Extensions:
         for name, env in plan.environments.items():
             if env.kind != "python":
                 continue
-            extension = plan.raw["environments"][name]["extension"]
-            cls = load_class(extension["class"], folder)
+            extension = env.extension
+            cls = load_class(extension.target, folder)
             spec = spec_of(cls)
-            if spec.signature() != extension.get("signature"):
-                raise ExtensionError(f"{extension['class']} changed since the scenario was compiled (its parameters "
+            if spec.signature() != extension.signature:
+                raise ExtensionError(f"{extension.target} changed since the scenario was compiled (its parameters "
                                      "or methods are declared differently); compile the scenario again")
             try:
                 obj = cls()
             except Exception as e:
-                raise ExtensionError(f"{extension['class']}() failed: {type(e).__name__}: {e} (a kind is made "
+                raise ExtensionError(f"{extension.target}() failed: {type(e).__name__}: {e} (a kind is made "
                                      "without arguments; its params are set as attributes)") from None
             for key, value in env.params.items():
                 setattr(obj, key, value)

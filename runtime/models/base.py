@@ -91,11 +91,11 @@ def _tokens(chars) -> int:
 class MockModel:
     """Deterministic, always-valid typed answers; renders and counts the real prompt."""
 
-    def __init__(self, name: str, settings: dict, limits: dict):
+    def __init__(self, name: str, settings: dict, limits):
         self.name = name
         self.latency = float(settings.get("latency", 0.0))
         self.words = int(settings.get("words", 12))
-        self.in_flight = int(limits.get("in_flight", 1024))
+        self.in_flight = limits.in_flight
 
     def _hashes(self, batch: AskBatch, extra: str = "") -> np.ndarray:
         k = rng.key(batch.seed, "mock", self.name, batch.where, extra)
@@ -192,7 +192,7 @@ class PythonModel:
     AskBatch and returns one value per agent; otherwise it is called once per agent with a dict
     (id, persona, state, memory, prompt, variables, env) and returns that agent's value."""
 
-    def __init__(self, name: str, settings: dict, limits: dict, folder: str | None = None):
+    def __init__(self, name: str, settings: dict, limits, folder: str | None = None):
         self.name = name
         self.target = settings.get("function")
         if not isinstance(self.target, str) or ":" not in self.target:
@@ -299,13 +299,12 @@ def _type_text(ty: dict) -> str:
     return ty["kind"]
 
 
-def make_model(model: dict, shard_index: int = 0, shards: int = 1, options: dict | None = None):
-    """A client for one plan model, sized to this shard's share of the model's limits."""
-    provider = model["provider"]
-    if provider == "mock":
-        return MockModel(model["name"], model["settings"], model["limits"])
-    if provider == "python":
-        return PythonModel(model["name"], model["settings"], model["limits"], (options or {}).get("scenario_dir"))
+def make_model(model, shard_index: int = 0, shards: int = 1, options: dict | None = None):
+    """A client for one plan Model, sized to this shard's share of the model's limits."""
+    if model.provider == "mock":
+        return MockModel(model.name, model.settings, model.limits)
+    if model.provider == "python":
+        return PythonModel(model.name, model.settings, model.limits, (options or {}).get("scenario_dir"))
     from .cache import ResponseCache
     from .llm import LLMModel
 

@@ -90,15 +90,15 @@ def share(limit, index: int, shards: int):
 
 
 class LLMModel:
-    def __init__(self, model: dict, shard_index: int, shards: int, cache: ResponseCache | None, replay: bool,
+    def __init__(self, model, shard_index: int, shards: int, cache: ResponseCache | None, replay: bool,
                  environment: dict | None = None):
-        self.name = model["name"]
-        self.provider = model["provider"]
-        self.settings = model["settings"]
-        limits = model["limits"]
-        self.in_flight = share(limits.get("in_flight", 64), shard_index, shards)
-        self.per_minute = share(limits.get("per_minute"), shard_index, shards)
-        self.tokens_per_minute = share(limits.get("tokens_per_minute"), shard_index, shards)
+        self.name = model.name
+        self.provider = model.provider
+        self.settings = model.settings
+        limits = model.limits
+        self.in_flight = share(limits.in_flight, shard_index, shards)
+        self.per_minute = share(limits.per_minute, shard_index, shards)
+        self.tokens_per_minute = share(limits.tokens_per_minute, shard_index, shards)
         self.max_retries = int(self.settings.get("max_retries", 4))
         self.reasks = int(self.settings.get("reasks", 2))
         self.timeout = float(self.settings.get("timeout", 60.0))

@@ -23,13 +23,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from populace.runtime.store.events import RunState
+from populace.runtime.store.events import EventTail, RunState
 from populace.runtime.store.rundir import iteration_file
 
 AGENT_STEP_OPS = ("ask", "set_state", "tell", "broadcast")  # ops that emit step_started/step_finished
 ENDED = ("finished", "stopped", "failed")
 PAGE_ROWS = 20
-MAX_READ = 4 << 20  # bytes of events.jsonl folded per poll: a huge backlog is caught up over a few ticks
 MAX_POINTS = 600  # throughput points kept for the chart
 MAX_ERRORS = 200
 
@@ -146,35 +145,6 @@ _WHERE = re.compile(r"^(?P<file>[^\s:][^:]*):(?P<line>\d+):(?P<column>\d+): ")
 
 
 # ---------------------------------------------------------------- the fold
-
-class EventTail:
-    """Reads the lines appended to events.jsonl since the last call; a half-written line waits."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.offset = 0
-        self.pending = b""
-
-    def read(self) -> list[dict]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                chunk = f.read(MAX_READ)
-        except FileNotFoundError:
-            return []
-        self.offset += len(chunk)
-        lines = (self.pending + chunk).split(b"\n")
-        self.pending = lines.pop()
-        events = []
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and isinstance(event.get("type"), str):  # else damaged: skipped
-                events.append(event)
-        return events
-
 
 _TEXT = ("step", "iteration", "population", "model", "error", "op", "status")
 _NUMBER = ("t", "seconds", "agents", "calls", "agents_done")
@@ -799,7 +769,7 @@ def checkpointed_agent(run_dir: str, agent: int, population: str = "") -> dict |
     directory holds no other per-agent state): read from the one shard file that holds the agent."""
     import pyarrow.ipc as ipc
 
-    from populace.runtime.engine.shard import latest_checkpoint
+    from populace.runtime.store.checkpoints import latest_checkpoint
 
     directory = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if directory is None:

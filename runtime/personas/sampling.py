@@ -7,6 +7,7 @@ In: a plan persona (fields in evaluation order), agent ids [start, stop), the se
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from typing import Callable
 
@@ -48,10 +49,10 @@ def _draw(dist: dict, seed: int, purpose: str, start: int, stop: int):
     return values
 
 
-def sample(persona: dict | None, start: int, stop: int, seed: int,
+def sample(persona, start: int, stop: int, seed: int,
            write: Callable[[str, list[str]], list[str]] | None = None, known: dict | None = None,
            record: dict | None = None) -> dict:
-    """Columns for agents [start, stop) of one persona (a plan persona dict with `fields`).
+    """Columns for agents [start, stop) of one persona (a plan Persona: `name` and `fields`).
 
     `known` ({"by_key": {field: {repr(combination): text}}, "by_prompt": {field: {prompt: text}}})
     holds written texts agreed for the whole population (see agreed_texts): those are not written
@@ -64,9 +65,9 @@ def sample(persona: dict | None, start: int, stop: int, seed: int,
         return columns
     frame = Frame(columns=columns, ids=ids, types=types)
     ctx = Context(seed=seed)
-    for f in persona["fields"]:
+    for f in persona.fields:
         name, kind = f["name"], f["kind"]
-        purpose = f"persona:{persona['name']}.{name}"
+        purpose = f"persona:{persona.name}.{name}"
         types[name] = f["type"]
         if kind == "sample":
             columns[name] = _draw(f["dist"], seed, purpose, start, stop)
@@ -100,10 +101,10 @@ def sample(persona: dict | None, start: int, stop: int, seed: int,
     return columns
 
 
-def column_types(persona: dict | None) -> dict:
+def column_types(persona) -> dict:
     """Plan types of the columns `sample` returns (a table field `row` gives columns `row.<column>`)."""
     types: dict = {}
-    for f in (persona or {}).get("fields", ()):
+    for f in (persona.fields if persona is not None else ()):
         if f["kind"] == "table":
             for col, ty in f.get("columns", {}).items():
                 types[f"{f['name']}.{col}"] = ty
@@ -158,7 +159,7 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def agreed_texts(persona: dict, size: int, seed: int, write) -> dict:
+def agreed_texts(persona, size: int, seed: int, write) -> dict:
     """Written texts for a whole population, so that shards agree on them (known= in sample).
 
     Shards sample their own id ranges; with `reuse per` each would write a text for every
@@ -167,12 +168,12 @@ def agreed_texts(persona: dict, size: int, seed: int, write) -> dict:
     sampled once up to its last `reuse per` field, the first agent of each combination in the
     whole population stands for it (as with one shard), and every text is written once.
     """
-    fields = persona["fields"]
+    fields = persona.fields
     last = max((i for i, f in enumerate(fields) if f["kind"] == "write" and f.get("reuse_per") is not None), default=-1)
     if last < 0:
         return {}
     record: dict = {}
-    sample({**persona, "fields": fields[:last + 1]}, 0, size, seed, write=write, record=record)
+    sample(dataclasses.replace(persona, fields=fields[:last + 1]), 0, size, seed, write=write, record=record)
     return record
 
 

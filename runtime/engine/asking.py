@@ -1,0 +1,114 @@
+"""One ask on one shard: every selected agent's prompt to its kind's model, the answers stored.
+
+In: a Shard, a typed Ask step and the step's Context (variables, environment values, aggregates).
+Out: the answers in the shard's output column and memory, and a summary for the driver: counts,
+per-model calls and tokens, LLM logs (retries, re-asks, cache use, latencies, events), up to
+MAX_ERROR_SAMPLES failed answers, and a pyarrow table of every asked agent's prompt hash, reply,
+value and error (the driver writes it as the step's Parquet file).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from populace.runtime.columns import rng
+from populace.runtime.columns.vector import evaluate, is_vector, render_column
+from populace.runtime.models.base import AskBatch, empty_values
+from populace.runtime.store.tables import arrow_values
+
+MAX_ERROR_SAMPLES = 20
+LLM_COUNTS = ("retries", "reasks", "cache_hits", "failures", "cache_read", "cache_write")
+
+
+def ask(shard, step, ctx) -> dict:
+    frame = shard.frame()
+    mask = shard.mask(step.where, frame, ctx)
+    prompt = evaluate(step.prompt, frame, ctx)
+    out_name, out_type = step.output.name, step.output.type
+    column = shard.columns.get(out_name)
+    if column is None:
+        column = shard.columns[out_name] = empty_values(out_type, len(shard.ids))
+        shard.types[out_name] = out_type
+    ids_parts, hash_parts, reply_parts, error_parts, value_index = [], [], [], [], []
+    summary = {"agents": 0, "errors": 0, "calls": 0, "tokens_in": 0, "tokens_out": 0, "error_samples": []}
+    state_fields = shard.plan.populations[shard.population].state
+    for agent_name, local in shard.kinds:
+        sel = np.flatnonzero(mask[local]) + local.start
+        if not len(sel):
+            continue
+        agent = shard.plan.agents[agent_name]
+        model_name = step.model or agent.model
+        model = shard.model(model_name)
+        system = _system(agent, frame, ctx, sel)
+        sub_prompt = [prompt[i] for i in sel.tolist()] if is_vector(prompt) else prompt
+        batch = AskBatch(
+            ids=shard.ids[sel], prompt=sub_prompt, system=system, memory_chars=shard.memory.chars_of(sel),
+            output=out_type, where=ctx.where, seed=shard.seed,
+            persona={k: shard.columns[k][sel] for k in shard.persona_fields},
+            state={k: shard.columns[k][sel] for k in state_fields},
+            variables=ctx.variables, env=ctx.env, memory=lambda i, sel=sel: shard.memory.of(int(sel[i])),
+            shards=shard.shards,
+        )
+        answers = model.ask(batch)
+        column[sel] = answers.values
+        replies = answers.replies if answers.replies is not None else render_column(answers.values, out_type)
+        shard.memory.remember(sel, sub_prompt, replies)
+        ids_parts.append(shard.ids[sel])
+        hash_parts.append(_hashes(sub_prompt, len(sel)))
+        reply_parts.extend(r if e is None or answers.replies is not None else None
+                           for r, e in zip(replies, answers.errors))
+        error_parts.extend(answers.errors)
+        value_index.append(sel)
+        _count(summary, model_name, sel, answers, shard.ids)
+    sel_all = np.concatenate(value_index) if value_index else np.zeros(0, dtype=np.int64)
+    summary["table"] = pa.table({
+        "agent": pa.array(np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64), pa.int64()),
+        "prompt_hash": pa.array(np.concatenate(hash_parts) if hash_parts else np.zeros(0, np.int64), pa.int64()),
+        "reply": pa.array(reply_parts, pa.string()),
+        "value": arrow_values(column[sel_all], out_type),
+        "error": pa.array(error_parts, pa.string()),
+    })
+    return summary
+
+
+def _hashes(prompt, n: int) -> np.ndarray:
+    """The prompt's hash per agent (the run directory keeps hashes; equal prompts hash once)."""
+    if isinstance(prompt, str):
+        return np.full(n, rng.text_hash(prompt), dtype=np.int64)
+    cache: dict = {}
+    return np.fromiter((cache[p] if p in cache else cache.setdefault(p, rng.text_hash(p)) for p in prompt),
+                       dtype=np.int64, count=n)
+
+
+def _count(summary: dict, model_name: str, sel, answers, ids) -> None:
+    n_err = sum(e is not None for e in answers.errors)
+    summary["agents"] += len(sel)
+    summary["errors"] += n_err
+    summary["calls"] += answers.calls
+    summary["tokens_in"] += answers.tokens_in
+    summary["tokens_out"] += answers.tokens_out
+    counts = summary.setdefault("by_model", {}).setdefault(model_name, [0, 0, 0])
+    counts[0] += answers.calls
+    counts[1] += answers.tokens_in
+    counts[2] += answers.tokens_out
+    log = getattr(answers, "log", None)
+    if log is not None:  # an LLM: retries, re-asks, cache use, latencies
+        llm = summary.setdefault("llm", {}).setdefault(
+            model_name, {**{k: 0 for k in LLM_COUNTS}, "latencies": [], "events": []})
+        for key in LLM_COUNTS:
+            llm[key] += getattr(log, key)
+        llm["latencies"].extend(round(x, 4) for x in log.latencies[:2000])
+        llm["events"].extend(log.events)
+    if n_err and len(summary["error_samples"]) < MAX_ERROR_SAMPLES:
+        for i, e in enumerate(answers.errors):
+            if e is not None:
+                summary["error_samples"].append({"agent": int(ids[sel[i]]), "error": e})
+                if len(summary["error_samples"]) >= MAX_ERROR_SAMPLES:
+                    break
+
+
+def _system(agent, frame, ctx, sel):
+    if agent.system is None:
+        return None
+    value = evaluate(agent.system, frame, ctx)
+    return [value[i] for i in sel.tolist()] if is_vector(value) else value

@@ -1,0 +1,28 @@
+"""How a run ends early: a `stop when`, a `break when`, or a failure that names its scenario line.
+
+In: a message and the typed step it happened at. Out: exceptions that survive pickling (a shard's
+error crosses Ray workers) and whose text starts with `file:line:col: ` of the step.
+"""
+from __future__ import annotations
+
+
+class StopRun(Exception):
+    pass
+
+
+class BreakLoop(Exception):
+    pass
+
+
+class RunFailed(Exception):
+    """The run cannot go on; carries the step's scenario span for the message."""
+
+    def __init__(self, message: str, step=None):
+        span = getattr(step, "span", None)
+        where = f"{span.file}:{span.line}:{span.column}: " if span else ""
+        super().__init__(where + message)
+        self.message = message
+        self.step = step
+
+    def __reduce__(self):
+        return (RunFailed, (self.message, self.step))
