@@ -91,9 +91,9 @@ def test_group_aggregates_and_messages_match_the_parquet_files(group_runs):
     summary, metrics, run_dir, plan = group_runs["local-1"]
     assert summary["status"] == "finished"
     personas = pd.read_parquet(run_dir / "personas.parquet")
-    pick = pd.read_parquet(run_dir / "asks/ask.pick/once.parquet")["value"].to_numpy()
-    heard = pd.read_parquet(run_dir / "asks/ask.heard/once.parquet")["value"].to_numpy()
-    state = pd.read_parquet(run_dir / "asks/ask.state/once.parquet")["value"].to_numpy()
+    pick = pd.read_parquet(run_dir / "asks/ask.pick/part-0.parquet")["value"].to_numpy()
+    heard = pd.read_parquet(run_dir / "asks/ask.heard/part-0.parquet")["value"].to_numpy()
+    state = pd.read_parquet(run_dir / "asks/ask.state/part-0.parquet")["value"].to_numpy()
     tables = keys_of(plan, "tables", personas)
     teams = keys_of(plan, "teams", personas)
     # random groups of 4 (30 agents: seven of 4 and one of 2), membership from the seed
@@ -152,7 +152,7 @@ def test_public_goods_contributions_follow_conditional_cooperation(public_goods_
     earnings = np.zeros(400)
     previous = None
     for r in range(1, 11):
-        c = pd.read_parquet(run_dir / f"asks/ask.contribution/round={r}.parquet")["value"].to_numpy().astype(float)
+        c = pd.read_parquet(run_dir / f"asks/ask.contribution/round={r}/part-0.parquet")["value"].to_numpy().astype(float)
         assert c.mean() == pytest.approx(means[r - 1])
         if previous is None:
             want = np.clip(np.round(20 * trust), 0, 20)
@@ -183,7 +183,7 @@ def test_network_aggregates_degree_and_messages(network_runs):
     summary, metrics, run_dir, plan = network_runs["local-1"]
     assert summary["status"] == "finished" and summary["errors"] == 0, summary
     v = pd.read_parquet(run_dir / "personas.parquet")["v"].to_numpy()
-    value = {name.removeprefix("out_"): pd.read_parquet(run_dir / f"asks/ask.{name}/once.parquet")["value"].to_numpy()
+    value = {name.removeprefix("out_"): pd.read_parquet(run_dir / f"asks/ask.{name}/part-0.parquet")["value"].to_numpy()
              for name in ("degree", "heard", "out_ring_sum", "out_world_mean", "out_follows_max")}
     n = 40
     for i in range(n):  # ring(k = 4): two neighbours on each side
@@ -268,7 +268,7 @@ def test_rumor_spreads_day_by_day(rumor_runs):
     assert all(b > a for a, b in zip(shares, shares[1:])), shares
     assert shares[-1] > 5 * shares[0]
     sources = pd.read_parquet(run_dir / "personas.parquet")["source"].to_numpy().astype(bool)
-    asked = pd.read_parquet(run_dir / "asks/ask.convinced/day=1.parquet")
+    asked = pd.read_parquet(run_dir / "asks/ask.convinced/day=1/part-0.parquet")
     assert len(asked) == 10_000 - sources.sum()  # believers are not asked again
     convinced = asked["value"].sum()
     assert shares[0] == pytest.approx((sources.sum() + convinced) / 10_000)
@@ -293,8 +293,8 @@ def test_debate_room_keeps_the_last_posts_and_stances_follow_it(debate_runs):
     assert [m["round"] for m in metrics] == list(range(1, 7))
     for m in metrics:
         r = m["round"]
-        stance = pd.read_parquet(run_dir / f"asks/ask.stance/round={r}.parquet")
-        text = pd.read_parquet(run_dir / f"asks/ask.text/round={r}.parquet")
+        stance = pd.read_parquet(run_dir / f"asks/ask.stance/round={r}/part-0.parquet")
+        text = pd.read_parquet(run_dir / f"asks/ask.text/round={r}/part-0.parquet")
         assert m["pro"] == pytest.approx((stance["value"] == "pro").mean())
         # every post argues its author's stance; the room holds the last 50 posts in agent id order
         assert (text["value"].str.split(":").str[0] == stance["value"]).all()
@@ -345,9 +345,9 @@ def test_grid_moves_and_neighbourhoods(grid_runs):
              "plain": np.array(environments.grid_positions(plan, plain))}
     assert cells["world"].max() < 25 and cells["plain"].max() < 24
     for t in (1, 2):
-        near = pd.read_parquet(run_dir / f"asks/ask.out_near/t={t}.parquet")["value"].to_numpy()
-        near_plain = pd.read_parquet(run_dir / f"asks/ask.out_near_plain/t={t}.parquet")["value"].to_numpy()
-        heard = pd.read_parquet(run_dir / f"asks/ask.heard/t={t}.parquet")["value"].to_numpy()
+        near = pd.read_parquet(run_dir / f"asks/ask.out_near/t={t}/part-0.parquet")["value"].to_numpy()
+        near_plain = pd.read_parquet(run_dir / f"asks/ask.out_near_plain/t={t}/part-0.parquet")["value"].to_numpy()
+        heard = pd.read_parquet(run_dir / f"asks/ask.heard/t={t}/part-0.parquet")["value"].to_numpy()
         for i in range(30):
             around = _cells_near(cells["world"][i], 5, 5, True, True)
             others = [j for j in range(30) if j != i and cells["world"][j] in around]
@@ -356,7 +356,7 @@ def test_grid_moves_and_neighbourhoods(grid_runs):
             around = _cells_near(cells["plain"][i], 6, 4, False, False)
             others = [j for j in range(30) if j != i and cells["plain"][j] in around]
             assert near_plain[i] == v[others].sum(), (t, i)
-        moves = pd.read_parquet(run_dir / f"asks/ask.step/t={t}.parquet")["value"].tolist()
+        moves = pd.read_parquet(run_dir / f"asks/ask.step/t={t}/part-0.parquet")["value"].tolist()
         before = cells["plain"].copy()
         cells = {name: environments.move(env, cells[name], moves) for name, env in (("world", world), ("plain", plain))}
         x, y = before % 6, before // 6
@@ -407,7 +407,7 @@ def test_el_farol_attendance_oscillates_around_the_threshold(el_farol_runs):
     assert settled.std() > 0.03  # nobody's rule is right for long: it keeps moving
     crowded = np.array([m["crowded"] for m in metrics])
     assert 0.2 < crowded.mean() < 0.8
-    week3 = pd.read_parquet(run_dir / "asks/ask.go/week=3.parquet")
+    week3 = pd.read_parquet(run_dir / "asks/ask.go/week=3/part-0.parquet")
     assert week3["value"].mean() == pytest.approx(attendance[2])
 
 

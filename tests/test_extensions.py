@@ -172,7 +172,7 @@ def test_orders_move_the_price_and_positions_add_up(market_runs):
     orders = asks(run_dir)
     price, net = 60.0, 0
     for m in metrics:
-        day = orders[f"asks/ask.order/round={m['round']}.parquet"]
+        day = orders[f"asks/ask.order/round={m['round']}/part-0.parquet"]
         buys, sells = int((day["value"] == "buy").sum()), int((day["value"] == "sell").sum())
         # the action saw every agent's order: its volume and the traders' positions say so
         assert m["volume"] == buys + sells
@@ -300,7 +300,7 @@ def test_prompts_see_queries_and_their_own_per_agent_values(tmp_path, monkeypatc
     monkeypatch.syspath_prepend(str(ROOT / "examples" / "market"))  # `market` is not next to this scenario
     run_dir = tmp_path / "run"
     assert main(["run", str(scenario), "--executor", "local", "--shards", "2", "--quiet", "--run-dir", str(run_dir)]) == 0
-    seen = pd.read_parquet(next((run_dir / "asks" / "ask.seen").glob("*.parquet")))
+    seen = pd.read_parquet(next((run_dir / "asks" / "ask.seen").rglob("*.parquet")))
     assert seen["value"].tolist() == [f"{1 if i % 2 == 0 else -1} at 10, fee 0.5, [10, 10]" for i in range(6)]
 
 

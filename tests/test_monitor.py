@@ -58,7 +58,7 @@ def test_metrics_and_distribution_match_the_run_directory(run_dir):
     assert set(series) == {"target", "mean_guess"}  # the loop variable and the histogram are not lines
     assert series["mean_guess"] == (["round=1", "round=2", "round=3"], [m["mean_guess"] for m in metrics])
     path = monitor.latest_ask_file()
-    assert path.endswith("asks/ask.guess/round=3.parquet")
+    assert path.endswith("asks/ask.guess/round=3/part-0.parquet")
     shown = distribution(path)
     values = pd.read_parquet(path)["value"]
     assert shown["kind"] == "histogram" and sum(shown["counts"]) == len(values) == 200
@@ -93,12 +93,12 @@ def test_agent_inspector_reads_one_agent(run_dir):
     expected = personas[personas.agent == 137].iloc[0]
     assert found["persona"]["major"] == expected["major"] and found["persona"]["age"] == expected["age"]
     assert [a["iteration"] for a in found["answers"]] == ["[round=3]", "[round=2]", "[round=1]"]
-    round2 = pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=2.parquet").set_index("agent").loc[137]
+    round2 = pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=2" / "part-0.parquet").set_index("agent").loc[137]
     assert found["answers"][1]["value"] == round2["value"] and found["answers"][1]["reply"] == round2["reply"]
     assert "{{round}}" in found["prompts"]["step:ask.guess"]
     # State, answers and memory as of the last checkpoint (taken just before round 3's ask)
     assert found["state"]["guess"] == round2["value"]
-    round1 = pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=1.parquet").set_index("agent").loc[137]
+    round1 = pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=1" / "part-0.parquet").set_index("agent").loc[137]
     assert [m["role"] for m in found["memory"]] == ["user", "assistant", "user", "assistant"]
     assert found["memory"][0]["text"].startswith("Round 1.") and found["memory"][1]["text"] == round1["reply"]
     assert find_agent(monitor, 10_000)["persona"] is None
@@ -497,17 +497,17 @@ def _truncate(path: Path) -> None:
 def test_damaged_parquet_files_are_reported_not_raised(run_dir, tmp_path):
     path = _copy_run(run_dir, tmp_path)
     _truncate(path / "personas.parquet")
-    _truncate(path / "asks" / "ask.guess" / "round=3.parquet")
+    _truncate(path / "asks" / "ask.guess" / "round=3" / "part-0.parquet")
     monitor = monitor_of(path)
     shown = distribution(monitor.latest_ask_file())
     assert shown["kind"] == "error"
-    assert shown["error"].startswith("asks/ask.guess/round=3.parquet cannot be read: ")
+    assert shown["error"].startswith("asks/ask.guess/round=3/part-0.parquet cannot be read: ")
     with pytest.raises(Exception):
         PersonaPages(str(path / "personas.parquet"))
     found = find_agent(monitor, 42)
     assert found["persona"] is None
     assert [p.split(":")[0] for p in found["problems"]] == ["personas.parquet cannot be read",
-                                                           "asks/ask.guess/round=3.parquet cannot be read"]
+                                                           "asks/ask.guess/round=3/part-0.parquet cannot be read"]
     assert [a["iteration"] for a in found["answers"]] == ["[round=2]", "[round=1]"]  # the readable ones
     # a damaged checkpoint shard file: the inspector says so instead of showing no state
     [checkpoint] = sorted((path / "checkpoints").iterdir())[-1:]
@@ -521,14 +521,14 @@ def test_damaged_parquet_files_are_reported_not_raised(run_dir, tmp_path):
 async def test_page_with_damaged_parquet_files_still_shows_the_run(page_user, run_dir, tmp_path, caplog):
     path = _copy_run(run_dir, tmp_path)
     _truncate(path / "personas.parquet")
-    _truncate(path / "asks" / "ask.guess" / "round=3.parquet")
+    _truncate(path / "asks" / "ask.guess" / "round=3" / "part-0.parquet")
     async with page_user(path) as user:
         await user.open("/")
         await user.should_see("guess_two_thirds")
         assert _value(user, "status").text == "finished"
         assert _value(user, "stat-calls").text == "600"
         assert _value(user, "personas-error").text.startswith("personas.parquet cannot be read: ")
-        assert _value(user, "distribution-error").text.startswith("asks/ask.guess/round=3.parquet cannot be read: ")
+        assert _value(user, "distribution-error").text.startswith("asks/ask.guess/round=3/part-0.parquet cannot be read: ")
         await user.should_not_see(marker="distribution")
         user.find(marker="agent-id").clear().type("42")
         user.find(marker="inspect").click()

@@ -34,7 +34,7 @@ def run(tmp_path, name, **params):
 
 def first_round_guesses(run_dir: Path) -> pd.DataFrame:
     people = pd.read_parquet(run_dir / "personas.parquet")
-    return pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=1.parquet").merge(people, on="agent")
+    return pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=1" / "part-0.parquet").merge(people, on="agent")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_the_winning_number_carries_into_the_next_round(variants):
     _, metrics, run_dir = variants["plain"]
     # Round 2 anchors on round 1's winner: the mean guess sits below that winner.
     assert metrics[1]["mean_guess"] < metrics[0]["target"]
-    assert (run_dir / "asks" / "ask.guess" / "round=5.parquet").exists()
+    assert (run_dir / "asks" / "ask.guess" / "round=5" / "part-0.parquet").exists()
 
 
 def test_education_groups_of_200_and_deeper_reasoning_with_education(tmp_path):

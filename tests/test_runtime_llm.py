@@ -149,8 +149,11 @@ def test_unparsable_replies_become_missing_values_with_errors(tmp_path, anthropi
     assert table["value"].isna().all() and summary["errors"] == 20
     assert table["error"].str.startswith("unparsable reply after 2 re-asks").all()
     assert table["reply"].notna().all()  # the reply that arrived is kept
-    assert metrics[0]["mean_guess"] is None  # no value to average: missing, not 0
-    assert summary["status"] == "finished"
+    # every answer failed: the run cannot end `finished`; it says why, and nothing after the ask ran
+    assert summary["status"] == "failed" and metrics == []
+    assert "20 of 20 answers failed" in summary["error"] and "unparsable reply" in summary["error"]
+    failures = json.loads((run_dir / "failures.json").read_text())
+    assert failures["steps"][0]["failed"] == 20 and failures["steps"][0]["errors"][0]["agent"] == 0
 
 
 @pytest.mark.slow

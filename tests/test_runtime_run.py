@@ -79,7 +79,7 @@ def test_run_directory_loads_in_one_line(flagship_runs):
     assert personas["age"].between(18, 26).all() and personas["year"].equals((personas["age"] - 17).clip(upper=5))
     # reuse per (age, major): one background per combination
     assert personas.groupby(["age", "major"])["background"].nunique().max() == 1
-    round1 = pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=1.parquet")
+    round1 = pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=1" / "part-0.parquet")
     assert list(round1.columns) == ["agent", "prompt_hash", "reply", "value", "error"]
     assert round1["agent"].tolist() == list(range(3000))
     assert round1["error"].isna().all() and round1["value"].between(0, 100).all()
@@ -132,7 +132,7 @@ def test_every_construct_gives_checked_results(constructs_runs):
     failing = young & (personas["agent"] >= 150) & (personas["agent"] % 10 == 7)
     for m in loop:
         assert m["answered"] == int(young.sum() - failing.sum())
-    pick1 = pd.read_parquet(run_dir / "asks" / "ask.pick" / "round=1.parquet")
+    pick1 = pd.read_parquet(run_dir / "asks" / "ask.pick" / "round=1" / "part-0.parquet")
     assert sorted(pick1["agent"]) == sorted(personas.loc[young, "agent"])
     errors = pick1.dropna(subset=["error"])
     assert set(errors["agent"]) == set(personas.loc[failing, "agent"])
@@ -140,11 +140,11 @@ def test_every_construct_gives_checked_results(constructs_runs):
     all_asks = asks(run_dir)
     assert summary["errors"] == sum(int(t["error"].notna().sum()) for t in all_asks.values())
     # The Elders' policy answers a number where a bool is asked: every Elder's `ok` is an error.
-    ok1 = all_asks["asks/ask.ok/t=1.parquet"]
+    ok1 = all_asks["asks/ask.ok/t=1/part-0.parquet"]
     assert set(ok1.dropna(subset=["error"])["agent"]) == set(range(150, 200))
     assert ok1["error"].dropna().str.fullmatch(r"\d+ is not a valid bool|RuntimeError: policy refused agent \d+7").all()
     # voters.score += 1 where vote == "yes", summed over the 4 rounds
-    yes_total = sum((pd.read_parquet(run_dir / "asks" / "ask.vote" / f"round={r}.parquet")["value"] == "yes").sum()
+    yes_total = sum((pd.read_parquet(run_dir / "asks" / "ask.vote" / f"round={r}" / "part-0.parquet")["value"] == "yes").sum()
                     for r in range(1, 5))
     assert after[0]["scores"] == yes_total
     assert isinstance(after[0]["max_score"], int) and 1 <= after[0]["max_score"] <= 4
@@ -183,7 +183,7 @@ def test_cli_run_writes_summary(tmp_path, capsys):
     # files written atomically get ordinary permissions (the umask's), not a temporary file's 0600
     mask = os.umask(0)
     os.umask(mask)
-    for name in ("summary.json", "plan.json", "personas.parquet", "asks/ask.guess/round=1.parquet"):
+    for name in ("summary.json", "plan.json", "personas.parquet", "asks/ask.guess/round=1/part-0.parquet"):
         assert (tmp_path / "r" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
 
 
@@ -303,7 +303,7 @@ workflow {
 }
 ''')
     _, metrics, run_dir = run(path, tmp_path, "r")
-    answers = pd.read_parquet(run_dir / "asks" / "ask.answer" / "once.parquet")["value"].map(json.loads)
+    answers = pd.read_parquet(run_dir / "asks" / "ask.answer" / "part-0.parquet")["value"]  # a struct column
     assert metrics[0]["n"] == 50 and metrics[0]["mean_x"] == pytest.approx(answers.map(lambda d: d["x"]).mean())
 
 

@@ -15,8 +15,9 @@ from populace.compiler.plan import steps as s
 from populace.compiler.plan.extensions import Each, ExtensionError
 from populace.runtime.environments import builtin as environments
 from populace.runtime.store import latency
-from populace.runtime.store.rundir import iteration_file
+from populace.runtime.store.rundir import ask_file
 
+from . import failures
 from .errors import RunFailed
 from .values import concat
 
@@ -149,7 +150,7 @@ def shard_step(driver, step, variables, label, method, exprs, population=None, c
              "seconds": round(seconds, 4)}
     if method == "ask":
         tables = [r.pop("table") for r in results]
-        driver.run_dir.write_tables(f"asks/{step.id[5:]}/{iteration_file(label)}.parquet", tables)
+        driver.run_dir.write_tables(ask_file(step.id, label), tables)
         for key in ("agents", "calls", "errors", "tokens_in", "tokens_out"):
             event[key] = sum(r[key] for r in results)
         by_model: dict = {}
@@ -169,6 +170,8 @@ def shard_step(driver, step, variables, label, method, exprs, population=None, c
         event["agents"] = int(sum(results))
     driver.emit(event)
     driver.shards_event([pop])
+    if method == "ask" and event["errors"]:
+        failures.step_failed(driver, step, label, event["agents"], event["errors"], samples)
 
 
 def _llm_stats(driver, step, label, results) -> dict:

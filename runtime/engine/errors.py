@@ -17,12 +17,13 @@ class BreakLoop(Exception):
 class RunFailed(Exception):
     """The run cannot go on; carries the step's scenario span for the message."""
 
-    def __init__(self, message: str, step=None):
+    def __init__(self, message: str, step=None, errors: list | None = None):
         span = getattr(step, "span", None)
         where = f"{span.file}:{span.line}:{span.column}: " if span else ""
         super().__init__(where + message)
         self.message = message
         self.step = step
+        self.errors = errors or []  # the first distinct failed answers, when too many failed
 
     def __reduce__(self):
-        return (RunFailed, (self.message, self.step))
+        return (RunFailed, (self.message, self.step, self.errors))

@@ -27,7 +27,7 @@ from populace.runtime.store import checkpoints
 from populace.runtime.store.fold import RunState
 from populace.runtime.store.rundir import RUN_FORMAT, RunDir, populace_version
 
-from . import agent_steps
+from . import agent_steps, failures
 from .errors import BreakLoop, RunFailed, StopRun
 from .values import Values
 
@@ -35,7 +35,7 @@ from .values import Values
 class Driver:
     def __init__(self, plan: Plan, executor, run_dir: RunDir, listener: Callable[[dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, checkpoint_every: int | None = None,
-                 folder: str | None = None):
+                 folder: str | None = None, max_failed: float | None = None):
         self.plan = plan
         self.executor = executor
         self.run_dir = run_dir
@@ -49,6 +49,9 @@ class Driver:
                     for name, e in plan.environments.items()}
         self.values = Values(self)
         self.state = RunState()  # the fold of this run's events: its totals
+        self.max_failed = failures.max_failed(plan, max_failed)
+        self._max_failed_given = max_failed
+        self.failures: list = []  # per ask with failed answers: counts and first errors (failures.json)
         self.frames: list = []
         self.resume: list | None = None
         self.seq = 0
@@ -113,7 +116,7 @@ class Driver:
             status = "stopped"
         except (RunFailed, EvalError, ModelError) as e:
             failure = str(e)
-            self.emit({"type": "run_failed", "error": failure})
+            self.emit({"type": "run_failed", "error": failure, **({"errors": e.errors} if getattr(e, "errors", None) else {})})
             status = "failed"
         except Exception as e:  # a shard raised (RayTaskError wraps it): record it, fail loudly
             agent_steps.restart_events(self, None, "")  # restarts made before it gave up are events too
@@ -152,7 +155,7 @@ class Driver:
             "agents": sum(p.size for p in self.plan.populations.values()),
             "seconds": round(seconds, 3), "steps": st.steps_done, "agent_steps": st.agents_done,
             "calls": st.calls, "tokens_in": st.tokens_in, "tokens_out": st.tokens_out,
-            "errors": st.errors, "answers": st.answers, "models": st.by_model,
+            "errors": st.errors, "answers": st.answers, "max_failed": self.max_failed, "models": st.by_model,
             "cost_usd": None if st.cost_usd is None else round(st.cost_usd, 6), "run_dir": self.run_dir.path,
         }
 
@@ -201,7 +204,7 @@ class Driver:
             "plan_hash": self.plan.plan_hash, "frames": _plain_frames(self.frames), "env": self.env,
             "fold": self.state.saved(), "metrics_lines": self.run_dir.metrics_written, "ranges": self.executor.ranges,
             "shard_steps": self.shard_steps, "elapsed": time.monotonic() - self.started + self.elapsed_before,
-            "checkpoint_every": self.checkpoint_every,
+            "checkpoint_every": self.checkpoint_every, "failures": self.failures, "max_failed": self.max_failed,
         })
         self.executor.checkpoint_done()
         self.emit({"type": "checkpoint", "seq": self.seq, "before": self.frames[-1]["index"],
@@ -214,6 +217,10 @@ class Driver:
         self.env = state["env"]
         self.state = RunState.restored(checkpoints.fold_of(state))
         self.shard_steps = state["shard_steps"]
+        saved_failures = state.get("failures")
+        self.failures = list(saved_failures) if isinstance(saved_failures, list) else []
+        if self._max_failed_given is None and isinstance(state.get("max_failed"), (int, float)):
+            self.max_failed = float(state["max_failed"])  # `run --max-failed` holds for the resume too
         self.elapsed_before = state.get("elapsed", 0.0)
         saved_every = state.get("checkpoint_every")
         if not self._every_given and isinstance(saved_every, int) and not isinstance(saved_every, bool) and saved_every >= 0:

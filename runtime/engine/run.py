@@ -19,11 +19,12 @@ from .preflight import used_models
 def run_plan(plan, executor: str = "ray", shards: int | None = None, address: str | None = None,
              run_dir: str | None = None, display=None, listener=None, cache: str | None = None,
              replay: bool = False, checkpoint_every: int | None = None, should_stop=None,
-             folder: str | None = None) -> dict:
+             folder: str | None = None, max_failed: float | None = None) -> dict:
     """`cache`: the response cache (default: cache.sqlite in the run directory); `replay`: refuse
     any model call whose reply is not in the cache; `should_stop()`: asked between steps, True
     ends the run as stopped (a sweep's Ctrl-C reaches runs in other threads this way); `folder`: the
-    scenario's folder, where its own Python (extensions, python models) is imported from."""
+    scenario's folder, where its own Python (extensions, python models) is imported from; `max_failed`:
+    the share of failed answers in one ask above which the run fails (default: the scenario's, 5%)."""
     directory = RunDir(run_dir or new_run_dir(plan.scenario.name))
     every = plan.settings.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
     options = {"cache": os.path.abspath(cache or directory.file("cache.sqlite")), "replay": replay,
@@ -36,11 +37,12 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
         directory.close()
         raise
     return drive(plan, ex, directory, display, listener, checkpoint_every=checkpoint_every, should_stop=should_stop,
-                 folder=folder)
+                 folder=folder, max_failed=max_failed)
 
 
 def drive(plan, ex, directory: RunDir, display=None, listener=None, resume: dict | None = None,
-          checkpoint_every: int | None = None, should_stop=None, folder: str | None = None) -> dict:
+          checkpoint_every: int | None = None, should_stop=None, folder: str | None = None,
+          max_failed: float | None = None) -> dict:
     """Run (or, with `resume`, continue) the driver; close the executor and files."""
     try:
         with display if display is not None else contextlib.nullcontext():
@@ -51,7 +53,7 @@ def drive(plan, ex, directory: RunDir, display=None, listener=None, resume: dict
                     listener(event)
 
             return Driver(plan, ex, directory, listen, should_stop=should_stop,
-                          checkpoint_every=checkpoint_every, folder=folder).run(resume=resume)
+                          checkpoint_every=checkpoint_every, folder=folder, max_failed=max_failed).run(resume=resume)
     finally:
         ex.close()
         directory.close()

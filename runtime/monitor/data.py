@@ -24,7 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from populace.runtime.store.events import EventTail, RunState
-from populace.runtime.store.rundir import iteration_file
+from populace.runtime.store.rundir import ask_file
 
 AGENT_STEP_OPS = ("ask", "set_state", "tell", "broadcast")  # ops that emit step_started/step_finished
 ENDED = ("finished", "stopped", "failed")
@@ -612,7 +612,7 @@ class MonitorState:
         if not self.latest_ask:
             return None
         step, label = self.latest_ask
-        return os.path.join(self.run_dir, "asks", step[5:], iteration_file(label) + ".parquet")
+        return os.path.join(self.run_dir, ask_file(step, label))
 
     def source_of(self, step_id: str, context: int = 1) -> str:
         row = self._index.get(step_id) if self.plan else None
@@ -661,7 +661,8 @@ def distribution(path: str, bins: int = 20, top: int = 20) -> dict:
     try:
         column = pq.read_table(path, columns=["value"]).column("value")
     except UNREADABLE as e:
-        return {"kind": "error", "error": unreadable(path, e, os.path.dirname(os.path.dirname(os.path.dirname(path)))),
+        run_dir = path[:path.rindex(os.sep + "asks" + os.sep)] if os.sep + "asks" + os.sep in path else None
+        return {"kind": "error", "error": unreadable(path, e, run_dir),
                 "missing": 0, "count": 0}
     missing = column.null_count
     present = pc.drop_null(column)

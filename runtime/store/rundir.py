@@ -283,6 +283,33 @@ def request_control(run_dir: str, action: str) -> None:
 
 
 def iteration_file(label: str) -> str:
-    """`[round=2]` -> `round=2`; the top level (no loop) -> `once`."""
+    """`[round=2]` -> `round=2`; the top level (no loop) -> `once` (the layout before hive folders)."""
     text = label.strip("[]").replace(",", "_").replace(" ", "")
     return re.sub(r"[^A-Za-z0-9_=.-]", "_", text) or "once"
+
+
+def label_parts(label: str) -> list[tuple[str, str]]:
+    """`[t=1, round=2]` -> [("t", "1"), ("round", "2")]: the loop variables of an iteration."""
+    inner = label.strip()[1:-1] if label.startswith("[") else ""
+    out = []
+    for part in inner.split(", "):
+        if "=" in part:
+            name, _, value = part.partition("=")
+            out.append((name.strip(), value))
+    return out
+
+
+def partition_dir(label: str) -> str:
+    """Hive folders for an iteration: `[t=1, round=2]` -> `t=1/round=2`; the top level -> ``.
+
+    pyarrow, pandas, polars and DuckDB read these folder names back as columns (values URI-encoded:
+    a loop over texts may hold `/` or `=`)."""
+    from urllib.parse import quote
+
+    return "/".join(f"{name}={quote(str(value), safe='')}" for name, value in label_parts(label))
+
+
+def ask_file(step_id: str, label: str, part: int = 0) -> str:
+    """An ask's answers for one iteration: `asks/ask.guess/round=2/part-0.parquet` (relative)."""
+    folder = partition_dir(label)
+    return f"asks/{step_id[5:]}/" + (f"{folder}/" if folder else "") + f"part-{part}.parquet"
