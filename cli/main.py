@@ -13,6 +13,18 @@ import sys
 from populace.dsl.diagnostics import DiagnosticError, render_all, to_json
 
 
+def share(text: str) -> float:
+    """`5%` or `0.05` -> 0.05; a bare number above 1 is refused (5 could mean 5% or 500%)."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share: write 5% or 0.05") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0% and 100% (write 5% or 0.05)")
+    return value
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                    help="override a param declared in the scenario block (repeatable)")
@@ -57,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="checkpoint before every Nth agent-changing step (default: the scenario's checkpoint_every, "
                         "1; 0 turns checkpoints off)")
+    p.add_argument("--max-failed", type=share, metavar="SHARE",
+                   help="fail the run when more than this share of one ask's answers fail (default: the "
+                        "scenario's max_failed, 5%%): 5%%, 0.05, 0 (any failure fails the run)")
     p.add_argument("--monitor", action="store_true",
                    help="serve the live monitor page while the run goes on (and after it, until Ctrl-C)")
     _add_monitor_address(p)
@@ -90,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a scenario over a grid of params and replicates; one table of all records")
     p.add_argument("file")
     p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
-                   help="a param and the values to try (repeatable: every combination runs)")
+                   help="a param and the values to try (repeatable: every combination runs); "
+                        "--set NAME=V1,V2 says the same, --set NAME=V fixes a param for every run")
     p.add_argument("--replicates", type=int, default=1, metavar="N",
                    help="runs per combination, each with its own seed derived from the scenario's (default 1)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
@@ -252,7 +268,7 @@ def cmd_run(args) -> int:
         try:
             summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address, folder=folder,
                                run_dir=run_dir, display=Progress(quiet=args.quiet), cache=args.cache,
-                               replay=args.replay,
+                               replay=args.replay, max_failed=args.max_failed,
                                checkpoint_every=args.checkpoint_every)
         except OSError as e:
             return _unwritable(e, run_dir)
@@ -487,7 +503,7 @@ COMMANDS["resume"] = cmd_resume
 
 
 def cmd_sweep(args) -> int:
-    from populace.runtime.engine.sweep import SweepError, parse_grid, run_sweep
+    from populace.runtime.engine.sweep import SweepError, parse_grid, run_sweep, split_sets
 
     if args.shards is not None and args.shards < 1:
         print("error: --shards must be at least 1", file=sys.stderr)
@@ -496,11 +512,12 @@ def cmd_sweep(args) -> int:
         print("error: --parallel must be at least 1", file=sys.stderr)
         return 2
     try:
-        grid = parse_grid(args.grid)
+        fixed, swept = split_sets(args.overrides)  # --set a=1,2 sweeps a, like --grid a=1,2
+        grid = parse_grid(args.grid + swept)
         progress = _SweepProgress()
         with progress:
             outcome = run_sweep(args.file, grid, replicates=args.replicates, executor=args.executor,
-                                sweep_dir=args.sweep_dir, overrides=args.overrides, shards=args.shards,
+                                sweep_dir=args.sweep_dir, overrides=fixed, shards=args.shards,
                                 address=args.address, parallel=args.parallel, on_start=progress.start,
                                 on_run=progress.finished)
     except SweepError as e:

@@ -92,10 +92,47 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     table.add_row("tokens", f"{summary['tokens_in']:,} in / {summary['tokens_out']:,} out")
     cost = summary["cost_usd"]
     table.add_row("cost", "unknown (no price)" if cost is None else f"${cost:,.4f}")
-    table.add_row("agent errors", f"{summary['errors']:,}")
+    answers, errors = summary.get("answers", 0), summary["errors"]
+    share = f" of {answers:,} answers ({errors / answers:.1%})" if answers else ""
+    table.add_row("failed answers", f"{errors:,}{share}" + (" — why: failures.json" if errors else ""))
     table.add_row("run directory", Text(summary["run_dir"], overflow="fold"))
     console.print(table)
+    print_results(summary, console)
     # Also on a line of its own, never cut, for copying and for scripts.
     console.print(Text(f"run directory: {summary['run_dir']}"), soft_wrap=True)
     if summary.get("error"):  # said even with --quiet: a failed run must say why
         console.print(Text(f"error: {summary['error']}"), soft_wrap=True)
+
+
+def print_results(summary: dict, console: Console, rows: int = 5) -> None:
+    """The last rows of each records table, and the line of Python that loads the run."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    bins = [p[len("records/"):-len(".parquet")] for p in summary.get("tables", []) if p.count(".") > 1]
+    for path in summary.get("tables", []):
+        name = path[len("records/"):-len(".parquet")]
+        if name in bins:
+            continue  # histograms: one row per bin, for plots; named below
+        try:
+            data = pq.read_table(os.path.join(summary["run_dir"], path))
+        except (OSError, ValueError):
+            continue
+        columns = [c for c in data.column_names if c != "step"]
+        shown = Table(title=f"{name} (last {min(rows, data.num_rows)} of {data.num_rows} rows)", title_justify="left")
+        for c in columns:
+            shown.add_column(c, justify="right", overflow="fold")
+        for row in data.slice(max(0, data.num_rows - rows)).to_pylist():
+            shown.add_row(*[_cell(row[c]) for c in columns])
+        console.print(shown)
+    if bins:
+        console.print(Text("histograms, one row per bin: " + ", ".join(f"records/{b}.parquet" for b in bins)), soft_wrap=True)
+    console.print(Text(f"load it in Python: import populace; run = populace.load({summary['run_dir']!r}); run.metrics"),
+                  soft_wrap=True)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -253,9 +253,11 @@ class _Explainer:
         model = self.plan["models"][model_name]
         usage = self.usage.setdefault(model_name, _Usage())
         usage.calls += calls
+        if model["provider"] == "python":  # a function: no prompt is sent, no token is counted
+            return "$0 (python)"
         usage.input_tokens += calls * input_tokens
         usage.output_tokens += calls * output_tokens
-        if model["provider"] in ("mock", "python"):
+        if model["provider"] == "mock":
             return "$0 (" + model["provider"] + ")"
         price = model.get("price")
         if not price or "input" not in price or "output" not in price:
@@ -333,8 +335,7 @@ class _Explainer:
             cost = self.charge(model, calls, input_tokens, output_tokens)
             texts = f"{distinct:,} distinct text{'s' if distinct != 1 else ''}" if distinct is not None else "one text per agent"
             self.lines.append(f"  {persona}.{f['name']} = write({model}): {agents:,} agents, {texts}, {calls:,} calls")
-            self.lines.append(f"    tokens per call ~{input_tokens:,} in, ~{output_tokens:,} out; "
-                              f"{calls * input_tokens:,} in, {calls * output_tokens:,} out in all; cost {cost}")
+            self.lines.append(self.tokens_line("    ", model, input_tokens, output_tokens, calls, cost, ""))
 
     def steps(self, steps: list, depth: int, times: int, exact: bool) -> bool:
         """List steps; return False once a `stop` or `break` may end the run early (later counts are maxima)."""
@@ -427,8 +428,15 @@ class _Explainer:
             each = f" x {times:,} times" if times != 1 else ""
             prompts = f"{distinct:,} distinct prompt{'s' if distinct != 1 else ''} per step" if distinct is not None else "one prompt per agent"
             self.lines.append(f"{pad}  {kind['agent']}: {kind['count']:,} agents{each} = {calls:,} calls{some} to {model}; {prompts}")
-            self.lines.append(f"{pad}    tokens per call ~{input_tokens:,} in (memory {agent['memory']}), ~{output_tokens:,} out; "
-                              f"{calls * input_tokens:,} in, {calls * output_tokens:,} out in all; cost {cost}")
+            self.lines.append(self.tokens_line(pad + "    ", model, input_tokens, output_tokens, calls, cost,
+                                               f" (memory {agent['memory']})"))
+
+    def tokens_line(self, pad: str, model: str, input_tokens: int, output_tokens: int, calls: int, cost: str,
+                    memory: str) -> str:
+        if self.plan["models"][model]["provider"] == "python":
+            return f"{pad}a python function: no prompt sent, no tokens; cost {cost}"
+        return (f"{pad}tokens per call ~{input_tokens:,} in{memory}, ~{output_tokens:,} out; "
+                f"{calls * input_tokens:,} in, {calls * output_tokens:,} out in all; cost {cost}")
 
     def totals(self) -> None:
         self.lines += ["", "Totals" + ("" if self.bounded else " (for the loop counts known before the run)")]
@@ -437,8 +445,11 @@ class _Explainer:
         for name, usage in sorted(self.usage.items()):
             provider = self.plan["models"][name]["provider"]
             price = _dollars(usage.cost) if usage.cost_known else "price unknown"
-            self.lines.append(f"  {name} ({provider}): {usage.calls:,} calls, {usage.input_tokens:,} input tokens, "
-                              f"{usage.output_tokens:,} output tokens, {price}")
+            if provider == "python":
+                self.lines.append(f"  {name} (python): {usage.calls:,} calls of a function, no tokens, {price}")
+            else:
+                self.lines.append(f"  {name} ({provider}): {usage.calls:,} calls, {usage.input_tokens:,} input tokens, "
+                                  f"{usage.output_tokens:,} output tokens, {price}")
             calls, inp, outp, cost = calls + usage.calls, inp + usage.input_tokens, outp + usage.output_tokens, cost + usage.cost
             known = known and usage.cost_known
         self.lines.append(f"  all models: {calls:,} calls, {inp:,} input tokens, {outp:,} output tokens, "

@@ -51,7 +51,7 @@ def test_flagship_average_falls_round_by_round(flagship_runs):
     assert means[0] > means[1] > means[2], means
     for m in metrics:
         assert m["target"] == pytest.approx(m["mean_guess"] * 2 / 3)
-        assert sum(m["histogram(players.guess, bins = 10)"]["counts"]) == 3000
+        assert sum(m["guesses"]["counts"]) == 3000
 
 
 @pytest.mark.slow

@@ -65,7 +65,8 @@ def test_table_holds_params_seed_replicate_and_metrics(local_sweep):
     table = pd.read_parquet(sweep_dir / "sweep.parquet")
     csv = pd.read_csv(sweep_dir / "sweep.csv")
     assert len(table) == len(csv)
-    assert list(table.columns[:9]) == ["fail", "scale", "run", "replicate", "seed", "status", "error", "seconds", "run_dir"]
+    assert list(table.columns[:10]) == ["fail", "scale", "players", "run", "replicate", "seed", "status", "error",
+                                        "seconds", "run_dir"]  # swept params, then those --set fixed
     assert table["scale"].dtype == "float64" and table["fail"].dtype == "int64"  # typed like the params
     finished = table[table["status"] == "finished"]
     # A finished run: two rounds, two records each.

@@ -23,7 +23,7 @@ from populace.compiler.plan.evaluate import EvalError
 from populace.runtime.environments import builtin as environments
 from populace.runtime.environments.python_kinds import Extensions, scenario_folder
 from populace.runtime.models.base import ModelError
-from populace.runtime.store import checkpoints
+from populace.runtime.store import checkpoints, records
 from populace.runtime.store.fold import RunState
 from populace.runtime.store.rundir import RUN_FORMAT, RunDir, populace_version
 
@@ -136,6 +136,7 @@ class Driver:
         if failure:
             summary["error"] = failure
         try:
+            summary["tables"] = records.write_tables(self.run_dir.path, self.plan)
             self.run_dir.write_json("summary.json", summary)
             self.emit({"type": "run_finished", "status": status, "seconds": round(seconds, 3)})
         except OSError:

@@ -76,6 +76,36 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
+def split_sets(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """`--set` items of a sweep: (fixed overrides, grid items). `a=1,2` sweeps a over 1 and 2;
+    commas inside brackets or quotes (`xs=[1, 2]`, `name="a, b"`) are one value."""
+    fixed, swept = [], []
+    for item in overrides:
+        _, _, value = item.partition("=")
+        (swept if len(_top_level_parts(value)) > 1 else fixed).append(item)
+    return fixed, swept
+
+
+def _top_level_parts(text: str) -> list[str]:
+    parts, depth, quote, current = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += ch
+    parts.append(current)
+    return parts
+
+
 def replicate_seed(base_seed: int, replicate: int) -> int:
     """Replicate 0 keeps the scenario's seed (it reproduces `populace run`); the others hash it."""
     if replicate == 0:
@@ -122,7 +152,10 @@ def execute_run(file: str, run: SweepRun, overrides: list[str], executor: str, s
             return RunResult(run, "failed", message or str(e), time.monotonic() - started)
         raw = json.loads(json.dumps(compiled.plan))
         declared = raw["scenario"].get("params", {})
-        typed = {k: declared.get(k, v) for k, v in run.params.items()}
+        # every param the command line set (fixed with --set, or swept) is a column of the table
+        named = [o.split("=", 1)[0].strip().removeprefix("param.") for o in overrides if "=" in o]
+        typed = {k: declared.get(k, v) for k, v in run.params.items()}  # the grid's params first
+        typed.update({k: declared[k] for k in named if k in declared and k not in typed})
         raw["scenario"]["seed"] = run.seed
         raw["plan_hash"] = plan_hash(raw)
         plan = plan_from_dict(raw)
