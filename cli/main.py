@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="checkpoint before every Nth agent-changing step (default: the scenario's checkpoint_every, "
                         "1; 0 turns checkpoints off)")
+    p.add_argument("--save-prompts", type=share, nargs="?", const=0.01, metavar="SHARE",
+                   help="keep the exact requests (system, memory, prompt) of a seeded sample of agents under "
+                        "prompts/ (default 1%%; 100%% keeps every one)")
     p.add_argument("--max-failed", type=share, metavar="SHARE",
                    help="fail the run when more than this share of one ask's answers fail (default: the "
                         "scenario's max_failed, 5%%): 5%%, 0.05, 0 (any failure fails the run)")
@@ -91,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--cache", help="response cache (SQLite) for texts written by LLM models")
     _add_set(p)
+
+    p = sub.add_parser("prompt", help="print the exact request (system, memory, prompt) an agent was sent at an ask")
+    p.add_argument("run_dir")
+    p.add_argument("--agent", type=int, required=True, help="the agent's id (0 .. N-1)")
+    p.add_argument("--step", help="the ask: its number in the run (3: the third ask executed), or its id "
+                                  "(ask.guess, ask.guess[round=3]); default the last ask")
+    p.add_argument("--iteration", help="the ask's iteration, e.g. round=3 (default: its last)")
+    p.add_argument("--cache", help="the response cache to replay from (default: the run's cache.sqlite)")
 
     p = sub.add_parser("resume", help="continue a run whose driver died, from its last checkpoint")
     p.add_argument("run_dir")
@@ -269,6 +280,7 @@ def cmd_run(args) -> int:
             summary = run_plan(plan, executor=args.executor, shards=args.shards, address=args.address, folder=folder,
                                run_dir=run_dir, display=Progress(quiet=args.quiet), cache=args.cache,
                                replay=args.replay, max_failed=args.max_failed,
+                               prompts={"share": args.save_prompts} if args.save_prompts is not None else None,
                                checkpoint_every=args.checkpoint_every)
         except OSError as e:
             return _unwritable(e, run_dir)
@@ -575,6 +587,15 @@ class _SweepProgress:
 
 
 COMMANDS["sweep"] = cmd_sweep
+
+
+def cmd_prompt(args) -> int:
+    from .prompts import run
+
+    return run(args.run_dir, args.agent, args.step, args.iteration, args.cache)
+
+
+COMMANDS["prompt"] = cmd_prompt
 
 if __name__ == "__main__":
     sys.exit(main())

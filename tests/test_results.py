@@ -226,3 +226,44 @@ def test_sweep_puts_every_set_param_in_its_table(tmp_path, capsys):
     table = pd.read_parquet(tmp_path / "sweep" / "sweep.parquet")
     assert table["players"].tolist() == [100, 100, 200, 200] and table["rounds"].tolist() == [2, 2, 2, 2]
     assert table["round"].tolist() == [1, 2, 1, 2]
+
+
+# ------------------------------------------------------------------ the prompts an agent was sent
+def test_populace_prompt_prints_what_the_server_received(tmp_path, monkeypatch, capsys):
+    """Against the fake Anthropic server: --save-prompts keeps, and `populace prompt` prints (from the
+    saved prompts or by replaying the run from its cache), the request the server got, byte for byte."""
+    bodies = []
+
+    def reply(prompt, body):
+        bodies.append(body)
+        return str(len(prompt) % 90)
+
+    path = tmp_path / "claude.pop"
+    path.write_text(FLAGSHIP.read_text().replace("model   = level_k", "model   = claude"))
+    with FakeLLM(reply=reply) as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
+        assert main(["run", str(path), "--executor", "local", "--quiet", "--set", "players=20", "--set", "rounds=2",
+                     "--save-prompts", "100%", "--run-dir", str(tmp_path / "run")]) == 0
+    saved = pd.read_parquet(tmp_path / "run" / "prompts" / "ask.guess")
+    row = saved[(saved["agent"] == 7) & (saved["round"].astype(int) == 2)].iloc[0]
+    def text(content):
+        return content if isinstance(content, str) else "".join(block["text"] for block in content)
+
+    sent = [b for b in bodies if text(b["system"]) == row["system"]
+            and [(m["role"], text(m["content"])) for m in b["messages"]] == [(m["role"], m["content"]) for m in row["messages"]]]
+    assert len(sent) >= 1 and len(row["messages"]) == 3  # the server got this request: round 1, its answer, round 2
+    capsys.readouterr()
+    assert main(["prompt", str(tmp_path / "run"), "--agent", "7", "--step", "2"]) == 0
+    from_saved = capsys.readouterr().out
+    assert from_saved.startswith("agent 7 at ask.guess[round=2], model claude\n--- system ---\n" + row["system"])
+    assert from_saved.endswith(row["messages"][-1]["content"] + "\n")
+    # without saved prompts the run is replayed from its cache: the same text, and no call is made
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "prompts")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")  # nothing listens: a call would fail
+    assert main(["prompt", str(tmp_path / "run"), "--agent", "7", "--step", "ask.guess[round=2]"]) == 0
+    assert capsys.readouterr().out == from_saved
+    assert main(["prompt", str(tmp_path / "run"), "--agent", "7", "--step", "9"]) == 1
+    assert "the run executed 2 ask(s)" in capsys.readouterr().err

@@ -2,7 +2,8 @@
 
 In: a frozen dataclass of compiler/plan (parts.py, steps.py) or the JSON value of one. Out: the
 other. A field's JSON key is its name unless its metadata says `key` (`else` is a Python keyword);
-a field marked `optional` is left out of the JSON when it is None (the schema makes it optional).
+a field marked `optional` is left out of the JSON when it holds its default (None, False, ...:
+the schema makes it optional), so a plan that does not use a newer feature keeps its bytes.
 Tuples become lists and back; plan expressions, plan types and persona distributions stay JSON
 (they are data that two interpreters read, see evaluate.py). Steps are decoded by their `op`.
 """
@@ -15,7 +16,7 @@ import typing
 
 
 def optional(default=None, **metadata):
-    """A field that the JSON leaves out when it is None."""
+    """A field that the JSON leaves out when it holds `default`."""
     return dataclasses.field(default=default, metadata={"optional": True, **metadata})
 
 
@@ -32,7 +33,7 @@ def to_json(value):
             out["op"] = op
         for f in dataclasses.fields(value):
             v = getattr(value, f.name)
-            if v is None and f.metadata.get("optional"):
+            if f.metadata.get("optional") and v == f.default:
                 continue
             out[f.metadata.get("key", f.name)] = to_json(v)
         return out

@@ -151,6 +151,9 @@ def shard_step(driver, step, variables, label, method, exprs, population=None, c
     if method == "ask":
         tables = [r.pop("table") for r in results]
         driver.run_dir.write_tables(ask_file(step.id, label), tables)
+        prompts = [r.pop("prompts") for r in results if "prompts" in r]
+        if prompts:  # --save-prompts, `populace prompt`: the exact requests of some agents
+            driver.run_dir.write_tables("prompts/" + ask_file(step.id, label)[len("asks/"):], prompts)
         for key in ("agents", "calls", "errors", "tokens_in", "tokens_out"):
             event[key] = sum(r[key] for r in results)
         by_model: dict = {}

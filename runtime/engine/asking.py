@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from populace.runtime.columns import rng
 from populace.runtime.columns.vector import evaluate, is_vector, render_column
+from populace.runtime.models import requests
 from populace.runtime.models.base import AskBatch, empty_values
 from populace.runtime.store.tables import arrow_values
 
@@ -32,6 +33,8 @@ def ask(shard, step, ctx) -> dict:
     ids_parts, hash_parts, reply_parts, error_parts, value_index = [], [], [], [], []
     summary = {"agents": 0, "errors": 0, "calls": 0, "tokens_in": 0, "tokens_out": 0, "error_samples": []}
     state_fields = shard.plan.populations[shard.population].state
+    capture = _wanted(shard, step, ctx)
+    prompts: list = []
     for agent_name, local in shard.kinds:
         sel = np.flatnonzero(mask[local]) + local.start
         if not len(sel):
@@ -47,9 +50,11 @@ def ask(shard, step, ctx) -> dict:
             persona={k: shard.columns[k][sel] for k in shard.persona_fields},
             state={k: shard.columns[k][sel] for k in state_fields},
             variables=ctx.variables, env=ctx.env, memory=lambda i, sel=sel: shard.memory.of(int(sel[i])),
-            shards=shard.shards,
+            shards=shard.shards, verbatim=bool(getattr(step, "verbatim", False)),
         )
         answers = model.ask(batch)
+        if capture is not None:
+            _capture(shard, capture, batch, sel, model_name, prompts)
         column[sel] = answers.values
         replies = answers.replies if answers.replies is not None else render_column(answers.values, out_type)
         shard.memory.remember(sel, sub_prompt, replies)
@@ -60,6 +65,8 @@ def ask(shard, step, ctx) -> dict:
         error_parts.extend(answers.errors)
         value_index.append(sel)
         _count(summary, model_name, sel, answers, shard.ids)
+    if prompts:
+        summary["prompts"] = pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA)
     sel_all = np.concatenate(value_index) if value_index else np.zeros(0, dtype=np.int64)
     summary["table"] = pa.table({
         "agent": pa.array(np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64), pa.int64()),
@@ -69,6 +76,34 @@ def ask(shard, step, ctx) -> dict:
         "error": pa.array(error_parts, pa.string()),
     })
     return summary
+
+
+PROMPT_SCHEMA = pa.schema([("agent", pa.int64()), ("model", pa.string()), ("system", pa.string()),
+                           ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))])
+
+
+def _wanted(shard, step, ctx) -> dict | None:
+    """The prompts to keep for this ask (`--save-prompts`, `populace prompt`), or None."""
+    wanted = shard.options.get("prompts")
+    if not wanted:
+        return None
+    if wanted.get("step") and ctx.where != wanted["step"] + wanted.get("iteration", ""):
+        return None
+    return wanted
+
+
+def _capture(shard, wanted: dict, batch, sel, model_name: str, prompts: list) -> None:
+    """The exact request (system, memory, prompt with its instruction) of the chosen agents of `sel`."""
+    ids = shard.ids[sel]
+    if wanted.get("agents") is not None:
+        chosen = np.flatnonzero(np.isin(ids, np.asarray(wanted["agents"], dtype=np.int64)))
+    else:
+        chosen = np.flatnonzero(rng.uniforms(ids, rng.key(shard.seed, "save-prompts")) < wanted.get("share", 0.01))
+    for i in chosen.tolist():
+        prompt = batch.prompt if isinstance(batch.prompt, str) else batch.prompt[i]
+        system = batch.system if batch.system is None or isinstance(batch.system, str) else batch.system[i]
+        sent = requests.request(system, batch.memory(i), prompt, batch.output, batch.verbatim)
+        prompts.append({"agent": int(ids[i]), "model": model_name, **sent})
 
 
 def _hashes(prompt, n: int) -> np.ndarray:

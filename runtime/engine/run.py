@@ -19,18 +19,20 @@ from .preflight import used_models
 def run_plan(plan, executor: str = "ray", shards: int | None = None, address: str | None = None,
              run_dir: str | None = None, display=None, listener=None, cache: str | None = None,
              replay: bool = False, checkpoint_every: int | None = None, should_stop=None,
-             folder: str | None = None, max_failed: float | None = None) -> dict:
+             folder: str | None = None, max_failed: float | None = None, prompts: dict | None = None) -> dict:
     """`cache`: the response cache (default: cache.sqlite in the run directory); `replay`: refuse
     any model call whose reply is not in the cache; `should_stop()`: asked between steps, True
     ends the run as stopped (a sweep's Ctrl-C reaches runs in other threads this way); `folder`: the
     scenario's folder, where its own Python (extensions, python models) is imported from; `max_failed`:
-    the share of failed answers in one ask above which the run fails (default: the scenario's, 5%)."""
+    the share of failed answers in one ask above which the run fails (default: the scenario's, 5%);
+    `prompts`: whose exact requests to keep under prompts/ ({"share": 0.01} a sample of agents, or
+    {"agents": [17], "step": "step:ask.guess", "iteration": "[round=3]"})."""
     directory = RunDir(run_dir or new_run_dir(plan.scenario.name))
     every = plan.settings.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
     options = {"cache": os.path.abspath(cache or directory.file("cache.sqlite")), "replay": replay,
                "environment": model_environment(plan),
                "checkpoints": os.path.abspath(directory.file("checkpoints")), "restartable": every == 1,
-               "scenario_dir": folder}
+               "scenario_dir": folder, "prompts": prompts}
     try:
         ex = make_executor(executor, plan, shards, address, options)
     except BaseException:

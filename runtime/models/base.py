@@ -53,6 +53,7 @@ class AskBatch:
     env: dict = field(default_factory=dict)
     memory: object = None  # callable(i) -> list of (role, text) for agent i of this batch
     shards: int = 1
+    verbatim: bool = False  # the prompt is sent as written: no reply instruction appended
 
     def uniforms(self, purpose: str) -> np.ndarray:
         """Per-agent uniforms in [0, 1) for a policy's own randomness (seeded, shard-independent)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import replies
+from . import replies, requests
 from .cache import ResponseCache, request_key
 from .base import Answers, AskBatch, ModelError, empty_values
 
@@ -224,7 +224,7 @@ class LLMModel:
         return None, last_error
 
     async def _agent(self, clients, batch: AskBatch, i: int, prompt: str, system, log: CallLog):
-        messages = _messages(batch.memory(i) if batch.memory else [], prompt)
+        messages = requests.messages(batch.memory(i) if batch.memory else [], prompt)
         agent = int(batch.ids[i])
         text, error = None, None
         for turn in range(self.reasks + 1):
@@ -264,7 +264,6 @@ class LLMModel:
         clients = self.clients
         prompts = [batch.prompt] * n if isinstance(batch.prompt, str) else batch.prompt
         systems = [batch.system] * n if batch.system is None or isinstance(batch.system, str) else batch.system
-        suffix = replies.instruction(batch.output)
         values = empty_values(batch.output, n)
         texts: list = [None] * n
         errors: list = [None] * n
@@ -279,7 +278,7 @@ class LLMModel:
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                prompt = prompts[i] + ("\n\n" + suffix if suffix else "")
+                prompt = requests.user_text(prompts[i], batch.output, batch.verbatim)
                 value, text, error = await self._agent(clients, batch, i, prompt, systems[i], log)
                 texts[i], errors[i] = text, error
                 if error is None:
@@ -303,19 +302,6 @@ class LLMModel:
         if failed:
             raise ModelError(f"model `{self.name}` could not write {len(failed)} persona text(s): {failed[0]}")
         return [str(v) for v in answers.values.tolist()]
-
-
-def _messages(memory: list, prompt: str) -> list[dict]:
-    """Memory then the prompt, with consecutive turns of one role merged (the APIs alternate roles)."""
-    out: list[dict] = []
-    for role, text in list(memory) + [("user", prompt)]:
-        if out and out[-1]["role"] == role:
-            out[-1] = {"role": role, "content": out[-1]["content"] + "\n\n" + text}
-        else:
-            out.append({"role": role, "content": text})
-    if out and out[0]["role"] == "assistant":
-        out.insert(0, {"role": "user", "content": "(earlier)"})
-    return out
 
 
 def _is_connection_error(e: Exception) -> bool:
