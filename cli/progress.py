@@ -128,7 +128,9 @@ def print_results(summary: dict, console: Console, rows: int = 5) -> None:
         console.print(shown)
     if bins:
         console.print(Text("histograms, one row per bin: " + ", ".join(f"records/{b}.parquet" for b in bins)), soft_wrap=True)
-    console.print(Text(f"load it in Python: import populace; run = populace.load({summary['run_dir']!r}); run.metrics"),
+    names = [p[len("records/"):-len(".parquet")] for p in summary.get("tables", []) if p.count(".") == 1]
+    table = "run.metrics" if "metrics" in names or not names else f"run.records[{names[0]!r}]"
+    console.print(Text(f"load it in Python: import populace; run = populace.load({summary['run_dir']!r}); {table}"),
                   soft_wrap=True)
 
 

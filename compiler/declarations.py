@@ -7,6 +7,7 @@ Each pass reports diagnostics and keeps going.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -787,16 +788,93 @@ def check_agents(ctx: Context) -> None:
         state = {}
         for st_name, st in info["state"].items():
             ty = output_type(ctx, st.type)
+            extra = {"out_of_range": "clip"} if st.clip else {}
+            if st.clip and ty.low is None and ty.high is None:
+                ctx.error("E1010", st.span, f"`clip` keeps `{st_name}` inside its range, and it has none",
+                          hint=f"state {st_name}: {describe(ty)} in LOW..HIGH clip = ...")
+            if _per_agent(st.default):  # `= persona.income * 0.1`: typed once the agent's fields are known
+                state[st_name] = {"type": ty, "default": _start_value(ty), "span": st.span, "node": st.default, **extra}
+                continue
             vty, default, ok = constant(ctx, st.default, f"the default of `{st_name}`")
-            if ok and not assignable(ty, vty):
+            if ok and ty.kind == "enum" and vty.kind in ("str", "int", "float") and default not in ty.values:
+                ctx.error("E1010", st.default.span, f"{default!r} is not one of the values of {describe(ty)}")
+            elif ok and not (ty.kind == "enum" and default in ty.values) and not assignable(ty, vty):
                 ctx.error("E1010", st.default.span, f"state `{st_name}` is {describe(ty)}, but its default is {describe(vty)}")
             if ok and not _in_range(default, ty):
                 ctx.error("E1010", st.default.span, f"the default {default!r} is outside {describe(ty)}")
             if ok and ty.kind == "float" and isinstance(default, int):
                 default = float(default)
-            state[st_name] = {"type": ty, "default": default, "span": st.span}
+            state[st_name] = {"type": ty, "default": default, "span": st.span, **extra}
         ctx.agents[name] = {"name": name, "persona": persona, "model": model, "memory": memory, "state": state,
                             "system": settings.get("system"), "span": decl.span, "name_span": decl.name_span}
+
+
+def _per_agent(e) -> bool:
+    """Does a start value read the agent (`persona.x`, `self.id`) or draw (`random()`)? Then it is
+    computed per agent at start."""
+    if isinstance(e, n.Name):
+        return e.id in ("persona", "self")
+    if isinstance(e, n.Call) and isinstance(e.func, n.Name) and e.func.id in ("random", "choice"):
+        return True  # a draw per agent
+    if isinstance(e, n.Node):
+        return any(_per_agent(getattr(e, f.name)) for f in dataclasses.fields(e) if f.name != "span")
+    if isinstance(e, (tuple, list)):
+        return any(_per_agent(v) for v in e)
+    return False
+
+
+def _start_value(ty: Ty):
+    """The placeholder start of a field computed per agent: a value of its type, inside its range."""
+    if ty.kind == "enum":
+        return ty.values[0]
+    zero = {"int": 0, "float": 0.0, "bool": False, "str": ""}.get(ty.kind)
+    if ty.kind in ("int", "float") and ty.low is not None and zero < ty.low:
+        return ty.low if ty.kind == "int" else float(ty.low)
+    if ty.kind in ("int", "float") and ty.high is not None and zero > ty.high:
+        return ty.high if ty.kind == "int" else float(ty.high)
+    return zero if zero is not None else ({"list": []}.get(ty.kind))
+
+
+def _state_json(st: dict) -> dict:
+    """A state field as the plan holds it: type, start (a constant, or `default_expr`), out_of_range."""
+    out = {"type": to_json(st["type"]), "default": st["default"]}
+    if st.get("expr") is not None:
+        out["default_expr"] = st["expr"]
+    if st.get("out_of_range"):
+        out["out_of_range"] = st["out_of_range"]
+    return out
+
+
+def lower_state_starts(ctx: Context) -> None:
+    """Type the start values that read the agent (`state w: float = persona.income * 0.1`): persona
+    fields, params and self.id, not other state (which has no value yet)."""
+    for name, info in ctx.agents.items():
+        for st_name, st in info["state"].items():
+            if st.get("node") is None:
+                continue
+            vty, ir = Checker(ctx, Scope("agent", pop="agent:" + name)).expr(st["node"])
+            if vty.kind == "any":
+                continue
+            if not assignable(st["type"], vty):
+                ctx.error("E1010", st["node"].span, f"state `{st_name}` is {describe(st['type'])}, but its start is "
+                          f"{describe(vty.scalar())}")
+            elif _reads_state(ir):
+                ctx.error("E1010", st["node"].span, f"the start of `{st_name}` reads another state field, which has "
+                          "no value yet", hint="start from persona fields, params and self.id")
+            else:
+                st["expr"] = ir
+    for pop in ctx.populations.values():
+        for st_name, field in pop["state"].items():
+            kinds = [ctx.agents[part["agent"]]["state"].get(st_name) or {} for part in pop["mixture"]]
+            start = next((st["expr"] for st in kinds if st.get("expr") is not None), None)
+            if start is not None:  # each kind's own start is in its agent entry; this says "compute starts"
+                field["default_expr"] = start
+
+
+def _reads_state(ir) -> bool:
+    if isinstance(ir, dict):
+        return ir.get("src") in ("state", "output") or any(_reads_state(v) for v in ir.values())
+    return isinstance(ir, list) and any(_reads_state(v) for v in ir)
 
 
 def _ref(ctx, setting: n.Setting | None, kind: str, code: str) -> str | None:
@@ -867,11 +945,15 @@ def check_populations(ctx: Context) -> None:
             for sname, st in ctx.agents[agent]["state"].items():
                 if sname in state_types and state_types[sname]["type"] != st["type"]:
                     ctx.error("E1028", st["span"], f"state `{sname}` has different types in this population's agent kinds")
+                elif sname in state_types and state_types[sname].get("out_of_range") != st.get("out_of_range"):
+                    ctx.error("E1028", st["span"], f"state `{sname}` is clipped in one agent kind of this population "
+                              "and not in another", hint="write `clip` in every kind, or in none")
+                if sname in state_types and st.get("node") is not None and state_types[sname].get("node") is None:
+                    state_types[sname] = st  # the population computes starts when any kind does
                 state_types.setdefault(sname, st)
         for sname, st in state_types.items():
-            if sname in fields:
-                ctx.error("E1001", st["span"], f"state `{sname}` has the name of a persona field")
-            fields[sname] = FieldInfo(st["type"], "state", st["span"])
+            if sname not in fields:  # a clash with a persona field is reported once, per agent kind, below
+                fields[sname] = FieldInfo(st["type"], "state", st["span"])
         for oname, (oty, ospan) in outputs.get(name, {}).items():
             if oname in fields:
                 ctx.error("E1018", ospan, f"the output `{oname}` has the name of a {fields[oname].source} field of `{name}`",
@@ -881,13 +963,17 @@ def check_populations(ctx: Context) -> None:
         ctx.population_fields[name] = fields
         ctx.populations[name] = {
             "name": name, "size": size, "persona": persona, "mixture": mixture, "span": span_json(decl.span),
-            "state": {k: {"type": to_json(v["type"]), "default": v["default"]} for k, v in sorted(state_types.items())},
+            "state": {k: _state_json(v) for k, v in sorted(state_types.items())},  # starts: lower_state_starts
             "outputs": {k: to_json(t) for k, (t, _) in sorted(outputs.get(name, {}).items())},
         }
     # Agent kinds seen on their own (for system prompts): persona + state.
     for agent, info in ctx.agents.items():
         fields = {f: FieldInfo(t, "persona", info["span"]) for f, t in ctx.persona_fields.get(info["persona"], {}).items()}
         for sname, st in info["state"].items():
+            if sname in fields:  # the persona field keeps its name: only this error, no false ones after it
+                ctx.error("E1001", st["span"], f"state `{sname}` has the name of a field of persona `{info['persona']}`",
+                          hint=f"name the state differently, e.g. state my_{sname}: ...")
+                continue
             fields[sname] = FieldInfo(st["type"], "state", st["span"])
         ctx.population_fields["agent:" + agent] = fields
 
@@ -939,7 +1025,8 @@ def _children(s):
 
 
 def check_agent_prompts(ctx: Context) -> None:
-    """Type-check each agent's system prompt against its persona and state."""
+    """Type-check each agent's system prompt against its persona and state (and state starts)."""
+    lower_state_starts(ctx)
     for name, info in ctx.agents.items():
         system = info["system"]
         lowered = None
@@ -950,7 +1037,7 @@ def check_agent_prompts(ctx: Context) -> None:
         ctx.plan.setdefault("agents", {})[name] = {
             "name": name, "persona": info["persona"], "model": info["model"], "memory": info["memory"],
             "system": lowered, "span": span_json(info["span"]),
-            "state": {k: {"type": to_json(v["type"]), "default": v["default"]} for k, v in sorted(info["state"].items())},
+            "state": {k: _state_json(v) for k, v in sorted(info["state"].items())},
         }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from populace.dsl import nodes as n
 from populace.dsl.diagnostics import did_you_mean
@@ -18,13 +18,16 @@ from .context import Context, Quiet
 from .plan.evaluate import FUNCTIONS
 from .types import ANY, BOOL, FLOAT, INT, NONE, NUMERIC, STR, Ty, describe, list_of, unify, unify_all
 
-AGGREGATES = ("mean", "median", "sum", "count", "min", "max", "quantile", "histogram", "share", "std")
-SCALAR_FUNCTIONS = tuple(FUNCTIONS) + ("random",)
+AGGREGATES = ("mean", "median", "sum", "count", "min", "max", "quantile", "histogram", "share", "std", "argmin",
+              "argmax")
+SCALAR_FUNCTIONS = tuple(FUNCTIONS) + ("random", "choice")
+BUILTIN_FIELDS = ("id", "kind")  # every agent has them: its index 0..N-1 and its agent declaration's name
 BAD = (ANY, {"lit": None})
 
 _FN_ARITY = {"round": (1, 2), "abs": (1, 1), "floor": (1, 1), "ceil": (1, 1), "sqrt": (1, 1), "log": (1, 1),
              "exp": (1, 1), "clamp": (3, 3), "len": (1, 1), "str": (1, 1), "int": (1, 1), "float": (1, 1),
-             "join": (1, 2), "last": (1, 2), "random": (0, 0), "min": (1, 99), "max": (1, 99)}
+             "join": (1, 2), "last": (1, 2), "random": (0, 0), "min": (1, 99), "max": (1, 99), "fixed": (1, 2),
+             "percent": (1, 2), "argmin": (1, 1), "argmax": (1, 1), "choice": (1, 2)}
 
 
 @dataclass
@@ -36,9 +39,10 @@ class Scope:
     persona: str | None = None  # persona scope: the persona being declared
     variables: dict[str, Ty] = field(default_factory=dict)  # loop variables and lets
     refs: set = field(default_factory=set)  # persona fields referenced (for ordering and cycles)
+    edges: bool = False  # inside a neighbour aggregate: `self.x` is the agent's own, tagged for the runtime
 
     def with_vars(self, **more: Ty) -> "Scope":
-        return Scope(self.kind, self.pop, self.persona, {**self.variables, **more}, self.refs)
+        return Scope(self.kind, self.pop, self.persona, {**self.variables, **more}, self.refs, self.edges)
 
 
 class Checker:
@@ -107,6 +111,17 @@ class Checker:
                 per_agent, pop = True, ty.pop
             parts.append(ir)
         return Ty("str", per_agent=per_agent, pop=pop), {"template": parts}
+
+    def e_Piped(self, e: n.Piped):
+        """`x | round(2)` is round(x, 2): a template's filter, written after the value."""
+        call = n.Call(func=n.Name(id=e.name, span=e.name_span), args=(n.Arg(value=e.value, span=e.value.span), *e.args),
+                      span=e.span)
+        return self.e_Call(call)
+
+    def e_Filtered(self, e: n.Filtered):
+        self.ctx.error("E1046", e.where.span, "`where` here filters nothing: it belongs inside an aggregate",
+                       hint=f"e.g. mean({_source(e.value)} where {_source(e.where)}), or count(POP where ...)")
+        return BAD
 
     def e_ListLit(self, e: n.ListLit):
         checked = [self.expr(i) for i in e.items]
@@ -203,10 +218,12 @@ class Checker:
                 self.ctx.error("E1010", e.span, f"cannot add {describe(b)} to {describe(a)}")
                 return None
             return list_of(item)
-        if a.kind in NUMERIC and b.kind in NUMERIC:
+        # true counts 1 and false 0 in arithmetic: `3 * players.cooperate` (a bool is a whole number here)
+        ka, kb = ("int" if k == "bool" else k for k in (a.kind, b.kind))
+        if ka in NUMERIC and kb in NUMERIC:
             if op == "/":
                 return FLOAT
-            return INT if a.kind == b.kind == "int" else FLOAT
+            return INT if ka == kb == "int" else FLOAT
         self.ctx.error("E1010", e.span, f"`{op}` cannot combine {describe(a)} and {describe(b)}",
                        label=f"{describe(a)} {op} {describe(b)}",
                        hint="arithmetic needs numbers" + ("; use str(x) to put a number in text" if "str" in (a.kind, b.kind) else ""))
@@ -261,6 +278,10 @@ class Checker:
         if self.scope.kind == "persona":
             candidates += list(self.ctx.persona_fields.get(self.scope.persona, {}))
         if self.scope.kind == "agent":
+            fields = self.ctx.population_fields.get(self.scope.pop or "", {})
+            if name in fields:  # a bare field name: say how to write it
+                prefix = "persona" if fields[name].source == "persona" else "self"
+                return f"did you mean `{prefix}.{name}`? an agent's fields are written {prefix}.NAME"
             candidates += ["persona", "self"]
         return did_you_mean(name, candidates)
 
@@ -275,14 +296,22 @@ class Checker:
         base = e.value
         if isinstance(base, n.Name) and base.id not in self.scope.variables:
             name = base.id
+            if name == _NEIGHBOUR:  # a neighbour's field inside a neighbour aggregate
+                return self._agent_field(e, self.neighbour_pop, ("state", "output", "persona"))
             if name == "param":
                 return self._param(e)
             if name in self.ctx.environments:
                 return self._env_field(e, name)
             if name == "persona" and self.scope.kind == "agent":
-                return self._agent_field(e, self.scope.pop, ("persona",))
+                ty, ir = self._agent_field(e, self.scope.pop, ("persona",))
+                if self.scope.edges and "col" in ir:
+                    ir = dict(ir, self=True)
+                return ty, ir
             if name == "self" and self.scope.kind == "agent":
-                return self._agent_field(e, self.scope.pop, ("state", "output", "persona"))
+                ty, ir = self._agent_field(e, self.scope.pop, ("state", "output", "persona"))
+                if self.scope.edges and "col" in ir:
+                    ir = dict(ir, self=True)  # inside a neighbour aggregate: the agent's own value, not theirs
+                return ty, ir
             if name in ("persona", "self") and self.scope.kind != "agent":
                 self.ctx.error("E1002", e.span, f"`{name}.{e.attr}` belongs to one agent, and no agent is speaking here",
                                hint="persona and self are seen in ask, tell ... from, system prompts and agent updates")
@@ -332,6 +361,8 @@ class Checker:
     def _agent_field(self, e: n.Attr, pop: str, sources: tuple[str, ...]):
         fields = self.ctx.population_fields.get(pop, {})
         info = fields.get(e.attr)
+        if info is None and e.attr in BUILTIN_FIELDS and "state" in sources:
+            return self._builtin(e.attr, pop)
         if info is None or info.source not in sources:
             candidates = [k for k, v in fields.items() if v.source in sources]
             owner = "persona" if sources == ("persona",) else f"`{pop}`"
@@ -343,6 +374,17 @@ class Checker:
             # Another population's column seen from an agent: only through an aggregate.
             return info.ty.column(pop), {"col": e.attr, "pop": pop, "src": info.source}
         return info.ty.column(pop), {"col": e.attr, "pop": pop, "src": info.source}
+
+    def _builtin(self, name: str, pop: str | None):
+        """`self.id` (0..N-1 in the population, stable) and `self.kind` (the agent declaration's name)."""
+        ir = {"col": name, "src": "builtin", **({"pop": pop} if pop and not pop.startswith("agent:") else {})}
+        if name == "id":
+            return INT.column(pop), ir
+        if pop and pop.startswith("agent:"):
+            kinds = (pop[6:],)
+        else:
+            kinds = tuple(dict.fromkeys(part["agent"] for part in self.ctx.populations.get(pop, {}).get("mixture", ())))
+        return (Ty("enum", values=kinds) if kinds else STR).column(pop), ir
 
     def _group_field(self, e: n.Attr, group: str):
         if self.scope.kind != "agent":
@@ -412,6 +454,27 @@ class Checker:
         per_agent = any(t.per_agent for t, _ in checked)
         pops = {t.pop for t, _ in checked if t.per_agent}
         ir = {"call": name, "args": [i for _, i in checked]}
+        if name == "choice":
+            if self.scope.kind != "agent":
+                self.ctx.error("E1013", e.span, "choice(...) draws for each agent: use it in prompts and agent updates",
+                               hint="e.g. players.move = choice([\"a\", \"b\"], [players.wa, players.wb])")
+                return BAD
+            items = checked[0][0]
+            if items.kind != "list" or (len(checked) > 1 and checked[1][0].kind not in ("list", "any")):
+                self.ctx.error("E1014", e.span, "choice takes a list of items and, optionally, a list of weights",
+                               hint="e.g. choice([\"stay\", \"go\"], [0.7, 0.3]); a weight may differ per agent")
+                return BAD
+            if len(checked) > 1 and isinstance(e.args[0].value, n.ListLit) and isinstance(e.args[1].value, n.ListLit) \
+                    and len(e.args[0].value.items) != len(e.args[1].value.items):
+                self.ctx.error("E1014", e.args[1].span, f"{len(e.args[0].value.items)} items but "
+                               f"{len(e.args[1].value.items)} weights", hint="give one weight per item")
+                return BAD
+            words = e.args[0].value.items if isinstance(e.args[0].value, n.ListLit) else ()
+            if words and all(isinstance(w, n.Literal) and isinstance(w.value, str) for w in words):
+                # choice(["A", "B"]) is one of those words: it fits a state enum("A", "B")
+                values = tuple(dict.fromkeys(w.value for w in words))
+                return Ty("enum", values=values).column(self.scope.pop), ir
+            return (items.item or ANY).column(self.scope.pop), ir
         if name == "random":
             if self.scope.kind in ("constant", "persona"):
                 self.ctx.error("E1013", e.span, "random() is for the workflow; use a distribution in a persona",
@@ -436,8 +499,17 @@ class Checker:
             return FLOAT
         if name == "int":
             return INT
-        if name in ("str", "join"):
+        if name in ("str", "join", "fixed", "percent"):
+            if name in ("fixed", "percent") and scal[0].kind not in NUMERIC + ("bool", "any", "none"):
+                self.ctx.error("E1014", e.args[0].span, f"`{name}` formats a number, not {describe(scal[0])}")
+                return None
             return STR
+        if name in ("argmin", "argmax"):
+            if scal[0].kind not in ("list", "any"):
+                self.ctx.error("E1014", e.args[0].span, f"`{name}` of one value: give a list, e.g. {name}([a, b, c]), "
+                               f"or a population's field, e.g. {name}(players.x)")
+                return None
+            return INT
         if name == "len":
             if scal[0].kind not in ("list", "str", "enum", "any"):
                 self.ctx.error("E1014", e.args[0].span, f"`len` needs a list or text, not {describe(scal[0])}")
@@ -457,6 +529,10 @@ class Checker:
 
     def _is_column_arg(self, arg: n.Expr) -> bool:
         """Is this aggregate's argument a per-agent value (so the call aggregates)?"""
+        if isinstance(arg, n.Filtered):
+            return True
+        if isinstance(arg, n.Name) and arg.id in self.ctx.populations and arg.id not in self.scope.variables:
+            return True  # count(players): the agents themselves
         probe = Checker(Quiet(self.ctx), self.scope)
         ty, _ = probe.expr(arg)
         return ty.per_agent or (isinstance(arg, n.Attr) and isinstance(arg.value, n.Call)
@@ -464,8 +540,23 @@ class Checker:
 
     def _aggregate(self, e: n.Call, name: str):
         first = e.args[0].value
+        condition = None
+        if isinstance(first, n.Filtered):
+            first, condition = first.value, first.where
         via = None
-        if isinstance(first, n.Attr) and isinstance(first.value, n.Call) and isinstance(first.value.func, n.Name) \
+        agents_of = None  # count(players ...): the population itself, no field
+        if isinstance(first, n.Name) and first.id in self.ctx.populations and first.id not in self.scope.variables:
+            if name != "count":
+                self.ctx.error("E1012", first.span, f"`{name}` needs a field of `{first.id}`, one value per agent",
+                               hint=f"e.g. {name}({first.id}.x); count({first.id} where ...) counts agents")
+                return BAD
+            agents_of = first.id
+            ty, ir = BOOL.column(first.id), {"lit": True}
+        elif (condition is not None and self._mentions_neighbors(condition)) or (self._mentions_neighbors(first) and not (
+                isinstance(first, n.Attr) and isinstance(first.value, n.Call) and isinstance(first.value.func, n.Name)
+                and first.value.func.id == "neighbors")):
+            return self._neighbour_aggregate(e, name, first, condition)
+        elif isinstance(first, n.Attr) and isinstance(first.value, n.Call) and isinstance(first.value.func, n.Name) \
                 and first.value.func.id == "neighbors":
             net_ty = self._neighbors(first.value)
             if net_ty is None:
@@ -481,6 +572,15 @@ class Checker:
                 via = {"group": ty.pop[6:]}
         if ty.kind == "any" and not ty.per_agent:
             return BAD
+        where = None
+        if condition is not None:
+            where = self._filter(condition, ty, via, agents_of or self._pop_of(ty))
+            if where is None:
+                return BAD
+        if name == "count" and ty.scalar().kind == "bool" and agents_of is None:
+            # count(x > 0) counts the agents for whom it holds (not the present values): say it once, here
+            where = ir if where is None else {"op": "and", "args": [ir, where]}
+            ir = {"lit": True}
         params: dict = {}
         elem = ty.scalar()
         if name in ("mean", "median", "sum", "quantile", "std", "histogram") and elem.kind not in NUMERIC + ("bool", "any"):
@@ -508,14 +608,24 @@ class Checker:
                 params["low"] = elem.low
             if elem.high is not None and "high" not in params:
                 params["high"] = elem.high
+        if name in ("argmin", "argmax") and elem.kind not in NUMERIC + ("bool", "any"):
+            self.ctx.error("E1012", first.span, f"`{name}` needs numbers, but `{_source(first)}` is {describe(elem)}")
+            return BAD
         out = {"mean": FLOAT, "median": FLOAT, "quantile": FLOAT, "std": FLOAT, "share": FLOAT, "count": INT,
+               "argmin": INT, "argmax": INT,
                "sum": FLOAT if elem.kind == "float" else INT, "min": elem, "max": elem,
                "histogram": Ty("record", fields=(("counts", list_of(INT)), ("edges", list_of(FLOAT))))}[name]
         if out.kind == "enum":
             out = STR
         if name in ("sum", "min", "max") and elem.kind in ("int", "bool"):
             params["int"] = True  # the runtime keeps whole-number results whole
-        agg = {"agg": name, "arg": ir, "pop": self._pop_of(ty), "params": params}
+        agg = {"agg": name, "arg": ir, "pop": agents_of or self._pop_of(ty), "params": params}
+        if where is not None:
+            agg["where"] = where
+        if via and name in ("argmin", "argmax"):
+            self.ctx.error("E1037", e.span, f"`{name}` over a group or neighbours is not supported yet",
+                           hint=f"{name}(POP.x) gives the id of the agent with the smallest or largest x")
+            return BAD
         if via:
             agg["via"] = via
             if name == "histogram":
@@ -536,6 +646,106 @@ class Checker:
                 return BAD
             return out.column(self.scope.pop), agg
         return out, agg
+
+    def _filter(self, condition: n.Expr, ty: Ty, via, pop: str | None):
+        """The plan form of an aggregate's `where`: true or false for each agent aggregated."""
+        cty, cir = self.expr(condition)
+        if cty.kind not in ("bool", "any"):
+            self.ctx.error("E1032", condition.span, f"a filter must be true or false, not {describe(cty)}",
+                           hint="compare it, e.g. `players.x > 0`")
+            return None
+        if cty.per_agent and cty.pop != ty.pop and not (pop and cty.pop == pop):
+            self.ctx.error("E1010", condition.span, f"the filter is about `{cty.pop}`, the values about `{ty.pop or pop}`",
+                           hint="filter the agents whose values are aggregated")
+            return None
+        return cir
+
+    @staticmethod
+    def _mentions_neighbors(e) -> bool:
+        """Does `e` read neighbours' fields anywhere (`neighbors(net).x != self.x`)?"""
+        if isinstance(e, n.Call) and isinstance(e.func, n.Name) and e.func.id == "neighbors":
+            return True
+        if isinstance(e, tuple):
+            return any(Checker._mentions_neighbors(v) for v in e)
+        if isinstance(e, n.Node):
+            return any(Checker._mentions_neighbors(getattr(e, f)) for f in e.__dataclass_fields__ if f != "span")
+        return False
+
+    def _neighbour_aggregate(self, e: n.Call, name: str, first: n.Expr, condition: n.Expr | None):
+        """An aggregate over each agent's neighbours of an expression that also reads the agent's own
+        fields (`share(neighbors(net).x != self.x)`): evaluated per (agent, neighbour) pair."""
+        if self.scope.kind != "agent":
+            self.ctx.error("E1037", e.span, "neighbors(...) is per agent: use it in prompts, `where` and agent updates")
+            return BAD
+        nets = set()
+
+        def rewrite(node):
+            # neighbors(net).f -> a plain field of the network's population (the neighbour's value)
+            if isinstance(node, n.Attr) and isinstance(node.value, n.Call) and isinstance(node.value.func, n.Name) \
+                    and node.value.func.id == "neighbors":
+                found = self._neighbors(node.value)
+                if found is None:
+                    raise _Bad
+                nets.add(found)
+                return n.Attr(value=n.Name(id=_NEIGHBOUR, span=node.span), attr=node.attr, span=node.span)
+            if isinstance(node, n.Node):
+                changes = {}
+                for slot in node.__dataclass_fields__:
+                    value = getattr(node, slot)
+                    if isinstance(value, n.Node):
+                        changes[slot] = rewrite(value)
+                    elif isinstance(value, tuple) and value and any(isinstance(v, n.Node) for v in value):
+                        changes[slot] = tuple(rewrite(v) if isinstance(v, n.Node) else
+                                              tuple(rewrite(x) if isinstance(x, n.Node) else x for x in v)
+                                              if isinstance(v, tuple) else v for v in value)
+                return replace(node, **changes) if changes else node
+            return node
+
+        try:
+            arg = rewrite(first)
+            cond = rewrite(condition) if condition is not None else None
+        except _Bad:
+            return BAD
+        if len(nets) != 1:
+            self.ctx.error("E1037", e.span, "one neighbour aggregate reads one network", hint="aggregate each network apart")
+            return BAD
+        net, pop = next(iter(nets))
+        if self.scope.pop != pop and not (self.scope.pop or "").startswith("agent:"):
+            self.ctx.error("E1037", e.span, f"`{self.scope.pop}` agents are not in network `{net}`, which is over `{pop}`")
+            return BAD
+        inner = Checker(self.ctx, Scope(self.scope.kind, self.scope.pop, self.scope.persona, dict(self.scope.variables),
+                                        self.scope.refs, edges=True))
+        inner.neighbour_pop = pop
+        ty, ir = inner.expr(arg)
+        where = None
+        if cond is not None:
+            cty, where = inner.expr(cond)
+            if cty.kind not in ("bool", "any"):
+                self.ctx.error("E1032", condition.span, f"a filter must be true or false, not {describe(cty)}")
+                return BAD
+        if ty.kind == "any":
+            return BAD
+        elem = ty.scalar()
+        if name == "count" and elem.kind == "bool":
+            where = ir if where is None else {"op": "and", "args": [ir, where]}
+            ir = {"lit": True}
+        if name in ("histogram", "argmin", "argmax", "quantile"):
+            self.ctx.error("E1037", e.span, f"`{name}` over neighbours is not supported",
+                           hint="use mean, sum, count, share, min, max, std or median")
+            return BAD
+        if name in ("mean", "median", "sum", "std", "min", "max") and elem.kind not in NUMERIC + ("bool", "any"):
+            self.ctx.error("E1012", first.span, f"`{name}` needs numbers, but this is {describe(elem)}")
+            return BAD
+        if name == "share" and elem.kind not in ("bool", "any"):
+            self.ctx.error("E1012", first.span, f"`share` needs true or false for each neighbour, not {describe(elem)}")
+            return BAD
+        params = {"int": True} if name in ("sum", "min", "max") and elem.kind in ("int", "bool") else {}
+        out = {"mean": FLOAT, "median": FLOAT, "std": FLOAT, "share": FLOAT, "count": INT,
+               "sum": FLOAT if elem.kind == "float" else INT, "min": elem, "max": elem}[name]
+        agg = {"agg": name, "arg": ir, "pop": pop, "params": params, "via": {"neighbors": net}}
+        if where is not None:
+            agg["where"] = where
+        return out.column(self.scope.pop), agg
 
     def _pop_of(self, ty: Ty) -> str | None:
         if ty.pop and ty.pop.startswith("group:"):
@@ -578,6 +788,13 @@ class Checker:
         from .environments import method_type
 
         return method_type(self, e, env, kind, method, statement)
+
+
+_NEIGHBOUR = "neighbors()"  # not a name a user can write: stands for the neighbour in a rewritten argument
+
+
+class _Bad(Exception):
+    pass
 
 
 def _source(e: n.Expr) -> str:

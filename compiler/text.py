@@ -38,6 +38,13 @@ def expression_text(e: n.Expr, parent: int = 0) -> str:
         p = 3 if e.op == "not" else 7
         text = f"not {expression_text(e.operand, p)}" if e.op == "not" else f"-{expression_text(e.operand, p)}"
         return f"({text})" if p < parent else text
+    if isinstance(e, n.Piped):
+        args = "".join(", " + expression_text(a.value) for a in e.args)
+        text = f"{expression_text(e.value, 1)} | {e.name}" + (f"({args[2:]})" if e.args else "")
+        return f"({text})" if parent > 0 else text
+    if isinstance(e, n.Filtered):
+        text = f"{expression_text(e.value, 1)} where {expression_text(e.where, 1)}"
+        return f"({text})" if parent > 0 else text
     if isinstance(e, n.IfExp):
         text = f"{expression_text(e.then, 1)} if {expression_text(e.test, 1)} else {expression_text(e.orelse)}"
         return f"({text})" if parent > 0 else text

@@ -19,6 +19,27 @@ from .text import expression_text
 from .types import ANY, INT, NUMERIC, Ty, assignable, describe, to_json
 
 
+_NESTED_STEPS = ("body", "branches", "else")  # steps inside a step draw on their own
+
+
+def _number_draw_sites(node, seen: list) -> None:
+    """Give the 2nd, 3rd, ... random() or choice() of one step a `site`, so that each call draws its
+    own numbers: `random() < 0.5 and random() < 0.5` must not test one draw twice."""
+    if isinstance(node, list):
+        for item in node:
+            _number_draw_sites(item, seen)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get("call") in ("random", "choice"):
+        if seen[0]:
+            node["site"] = seen[0]
+        seen[0] += 1
+    for key, value in node.items():
+        if key not in _NESTED_STEPS or "op" not in node:
+            _number_draw_sites(value, seen)
+
+
 class _Lowering:
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -36,6 +57,7 @@ class _Lowering:
             step = self.stmt(s, variables, loop_vars)
             if step is not None:
                 step["span"] = span_json(s.span)
+                _number_draw_sites(step, [0])
                 out.append(step)
         return out
 
@@ -96,6 +118,10 @@ class _Lowering:
         return s.span
 
     def _new_name(self, name: str, span: n.Span, variables) -> None:
+        if name in RESERVED_COLUMNS:
+            self.ctx.error("E1044", span, f"`{name}` is a column every record row already has",
+                           label="reserved name", hint=f"choose another name, e.g. {name}s or {name}_no")
+            return
         taken = ("a population" if name in self.ctx.populations else "an environment" if name in self.ctx.environments
                  else "a group set" if name in self.ctx.groups else "a keyword" if name in ("param", "persona", "self") else None)
         if taken:
@@ -129,9 +155,30 @@ class _Lowering:
                 self.ctx.error("E1003", s.model_span, f"unknown model `{s.model}`", hint=did_you_mean(s.model, self.ctx.decls["model"]))
             model = s.model
         out_ty = output_type(Quiet(self.ctx), s.output.type)  # reported once, by check_populations
-        return {"id": self.step_id(f"ask.{s.output.name}"), "op": "ask", "population": s.population, "where": where,
+        step = {"id": self.step_id(f"ask.{s.output.name}"), "op": "ask", "population": s.population, "where": where,
                 "model": model, "prompt": prompt, "per_agent_prompt": ty.per_agent,
                 "output": {"name": s.output.name, "type": to_json(out_ty)}}
+        if s.in_order:
+            self._check_in_order(s, prompt, where)
+            step["in_order"] = True
+        if s.verbatim:
+            step["verbatim"] = True
+        return step
+
+    def _check_in_order(self, s: n.Ask, prompt: dict, where: dict | None) -> None:
+        """An ordered ask updates, after each answer, the aggregates of the asked population its prompt
+        shows; only those that a running total gives exactly are allowed (count, sum, mean, share, std)."""
+        for node in _walk([prompt, where]):
+            if "agg" in node and "via" not in node and node.get("pop") == s.population \
+                    and node["agg"] not in _RUNNING:
+                self.ctx.error("E1038", s.span, f"`{node['agg']}` of `{s.population}` cannot be kept up to date "
+                               "answer by answer in an ordered ask",
+                               hint="use count, sum, mean, share or std, or ask without `in order`")
+                return
+            if "via" in node:
+                self.ctx.error("E1038", s.span, "an ordered ask's prompt cannot use group or neighbour aggregates yet",
+                               hint="use aggregates over the population (count, sum, mean, share, std)")
+                return
 
     def s_Tell(self, s: n.Tell, variables, loop_vars):
         target, receivers = self._tell_target(s, variables)
@@ -271,16 +318,88 @@ class _Lowering:
                            f"`{s.op}` cannot take {describe(value.scalar())}")
 
     def s_Record(self, s: n.Record, variables, loop_vars):
-        items, names = [], set()
+        items, names = [], set()  # a row also holds the variables in scope: an item must not shadow one
+        by, by_pop = [], None
+        for item in s.by:
+            name = item.name or (item.value.attr if isinstance(item.value, n.Attr) else expression_text(item.value))
+            if self._record_name(name, item, names, variables):
+                continue
+            ty, value = self._by_key(item.value)
+            if ty is None:
+                continue
+            if by_pop not in (None, ty.pop):
+                self.ctx.error("E1039", item.value.span, f"the keys of one `by` must belong to one population, not "
+                               f"`{by_pop}` and `{ty.pop}`")
+                continue
+            by_pop = ty.pop
+            by.append({"name": name, "value": value, "type": to_json(ty.scalar())})
         for item in s.items:
             name = item.name or expression_text(item.value)
-            if name in names:
-                self.ctx.error("E1001", item.span, f"`{name}` is recorded twice in this record")
+            if self._record_name(name, item, names, variables):
                 continue
-            names.add(name)
             ty, value = self.driver(variables).value(item.value)
             items.append({"name": name, "value": value, "type": to_json(ty.scalar())})
-        return {"id": self.step_id("record"), "op": "record", "items": items}
+        step = {"id": self.step_id("record"), "op": "record", "items": items}
+        if s.table is not None:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", s.table) or s.table == "metrics":
+                self.ctx.error("E1043", s.span, f"`{s.table}` cannot name a table",
+                               hint='a table is named like a variable, e.g. record "prices" ..., and `metrics` is the '
+                                    "table of unnamed records")
+            step["table"] = s.table
+        if by:
+            step["by"] = by
+        return step
+
+    def _record_name(self, name: str, item, names: set, variables) -> bool:
+        """True (and a diagnostic) when a column name is taken: by another item, a variable in scope,
+        or a name every row already has."""
+        if name in RESERVED_COLUMNS:
+            self.ctx.error("E1044", item.span, f"`{name}` is a column every record row already has",
+                           label="reserved column name", hint=f"name the value, e.g. record {name}_value = ...")
+            return True
+        if name in names:
+            self.ctx.error("E1001", item.span, f"`{name}` is recorded twice in this record",
+                           hint="name this value differently")
+            return True
+        if name in variables and not (isinstance(item.value, n.Name) and item.value.id == name):
+            # `record round` is the loop variable itself; `record round = x` would overwrite it in the row
+            self.ctx.error("E1001", item.span, f"`{name}` is a variable in scope, and every row already holds it",
+                           hint=f"name this value differently, e.g. {name}_value = ...")
+            return True
+        names.add(name)
+        return False
+
+    def _by_key(self, e: n.Expr):
+        """A `by` key: one value per agent of a population (a field, `kind`, or an expression of them)."""
+        ty, value = Checker(self.ctx, Scope("driver")).expr(e)
+        if ty.kind == "any":
+            return None, None
+        if not ty.per_agent or not ty.pop or ty.pop.startswith("group:"):
+            self.ctx.error("E1039", e.span, f"`{expression_text(e)}` is one value; `by` groups agents by a field",
+                           hint="e.g. record round, m = mean(players.x) by players.kind")
+            return None, None
+        if ty.scalar().kind not in ("int", "bool", "str", "enum", "any"):
+            self.ctx.error("E1039", e.span, f"`by` groups by whole numbers, true/false or text, not {describe(ty.scalar())}",
+                           hint="round it first, e.g. by bucket = round(players.x * 10)")
+            return None, None
+        return ty, value
+
+    def s_Regroup(self, s: n.Regroup, variables, loop_vars):
+        group = self.ctx.groups.get(s.group)
+        if group is None:
+            self.ctx.error("E1045", s.group_span, f"unknown group set `{s.group}`",
+                           hint=did_you_mean(s.group, self.ctx.groups) or "declare it: group POP by SIZE as NAME")
+            return None
+        if group.get("by_field") is not None:
+            self.ctx.error("E1045", s.group_span, f"`{s.group}` groups by a field; only random groups can be drawn anew",
+                           hint=f"declare it by size, e.g. group {group['population']} by 2 as {s.group}")
+            return None
+        return {"id": self.step_id(f"regroup.{s.group}"), "op": "regroup", "group": s.group}
+
+    def s_Snapshot(self, s: n.Snapshot, variables, loop_vars):
+        if not self.population(s.population, s.population_span):
+            return None
+        return {"id": self.step_id(f"snapshot.{s.population}"), "op": "snapshot", "population": s.population}
 
     def s_CallStmt(self, s: n.CallStmt, variables, loop_vars):
         call = s.call
@@ -296,6 +415,21 @@ class _Lowering:
             return None
         return {"id": self.step_id(f"call.{env['name']}.{call.func.attr}"), "op": "call", "env": env["name"],
                 "method": ir["method"], "args": ir["args"], "population": pop}
+
+
+# Columns every record row has (the step id, a named record's table): an item cannot take their names.
+RESERVED_COLUMNS = ("step", "table")
+_RUNNING = ("count", "sum", "mean", "share", "std")
+
+
+def _walk(expr):
+    if isinstance(expr, dict):
+        yield expr
+        for v in expr.values():
+            yield from _walk(v)
+    elif isinstance(expr, (list, tuple)):
+        for v in expr:
+            yield from _walk(v)
 
 
 def _known(expr: dict):

@@ -195,7 +195,8 @@ class _Builder:
         return c[0]
 
     def state(self, extent, c):
-        return n.StateField(name=str(c[0]), type=c[1], default=c[2], span=self.span(extent), name_span=self.tspan(c[0]))
+        return n.StateField(name=str(c[0]), type=c[1], default=c[3], clip=c[2] is not None, span=self.span(extent),
+                            name_span=self.tspan(c[0]))
 
     # -------------------------------------------------------------- populations
     def population(self, extent, c):
@@ -268,11 +269,14 @@ class _Builder:
         return n.Stop(condition=c[0], scope="loop", span=self.span(extent))
 
     def ask(self, extent, c):
-        population, where, using, prompt, _arrow, output = c
+        population, in_order, where, using, verbatim, prompt, _arrow, output = c
         model, model_span = (None, None) if using is None else using
         return n.Ask(population=str(population), population_span=self.tspan(population), where=where,
                      model=model, model_span=model_span, prompt=self.template(prompt), output=output,
-                     span=self.span(extent))
+                     in_order=in_order is not None, verbatim=verbatim is not None, span=self.span(extent))
+
+    def in_order(self, extent, c):
+        return True
 
     def where(self, extent, c):
         return c[0]
@@ -310,7 +314,19 @@ class _Builder:
         return n.Assign(target=target, op="=", value=value, where=where, span=self.span(extent))
 
     def record(self, extent, c):
-        return n.Record(items=tuple(c), span=self.span(extent))
+        table, *items = c
+        by = items.pop() if items and (items[-1] is None or isinstance(items[-1], tuple)) else None
+        return n.Record(items=tuple(items), table=self.plain_string(table) if table is not None else None,
+                        by=by or (), span=self.span(extent))
+
+    def record_by(self, extent, c):
+        return tuple(c)
+
+    def regroup(self, extent, c):
+        return n.Regroup(group=str(c[0]), group_span=self.tspan(c[0]), span=self.span(extent))
+
+    def snapshot(self, extent, c):
+        return n.Snapshot(population=str(c[0]), population_span=self.tspan(c[0]), span=self.span(extent))
 
     def record_item(self, extent, c):
         return n.RecordItem(name=str(c[0]) if c[0] is not None else None, value=c[1], span=self.span(extent))
@@ -361,6 +377,14 @@ class _Builder:
 
     def call(self, extent, c):
         return n.Call(func=c[0], args=tuple(c[1] or ()), span=self.span(extent))
+
+    def piped(self, extent, c):
+        value, _pipe, name, args = c
+        return n.Piped(value=value, name=str(name), args=tuple(args or ()), name_span=self.tspan(name),
+                       span=self.span(extent))
+
+    def filtered(self, extent, c):
+        return n.Filtered(value=c[0], where=c[1], span=self.span(extent))
 
     def args(self, extent, c):
         return tuple(a if isinstance(a, n.Arg) else n.Arg(value=a, span=a.span) for a in c)
@@ -550,9 +574,15 @@ def _keywords() -> frozenset:
                      if t.pattern.type == "str" and word.fullmatch(t.pattern.value))
 
 
+# Words the grammar spells out only where no name can stand (`ask p in order`, `ask p verbatim "..."`,
+# `state x: float in 0..1 clip`): the contextual lexer reads them as names everywhere else, so a field
+# may still be called `order`. They are not reserved.
+SOFT_KEYWORDS = frozenset({"order", "verbatim", "clip"})
+
+
 def keywords() -> frozenset:
     """The language's reserved words (a name must not be one of them)."""
-    return _keywords()
+    return _keywords() - SOFT_KEYWORDS
 
 
 def _simple_reference(source: str, builder: _Builder) -> n.Expr | None:

@@ -22,7 +22,8 @@ from .build import escape_text, quote_string
 INDENT = "  "
 
 # Binding strength, loosest first (populace.lark's expression rules, top to bottom).
-_IFEXP, _OR, _AND, _NOT, _COMPARE, _SUM, _PRODUCT, _UNARY, _POWER, _POSTFIX, _ATOM = range(11)
+_PIPED, _IFEXP, _OR, _AND, _NOT, _COMPARE, _SUM, _PRODUCT, _UNARY, _POWER, _POSTFIX, _ATOM = range(12)
+WIDTH = 100  # a longer line is wrapped after a comma or an operator (a newline there continues the line)
 _BINARY = {
     "or": _OR, "and": _AND,
     "==": _COMPARE, "!=": _COMPARE, "<": _COMPARE, "<=": _COMPARE, ">": _COMPARE, ">=": _COMPARE,
@@ -34,7 +35,7 @@ _BINARY = {
 _KEYWORDS = frozenset(
     "scenario import model persona agent population group environment workflow param extends memory state "
     "last x by as repeat for in if else stop when break ask where using tell from broadcast to let record "
-    "or and not true false none reuse per".split()
+    "or and not true false none reuse per regroup snapshot order clip verbatim".split()
 )
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # A percent literal is only lexed as one when none of these follows it (populace.lark, PERCENT).
@@ -169,6 +170,8 @@ class _Printer:
             self.leading((end_line, 0))  # comments inside a wrapped item go before it
         rows = text.split("\n")
         rows[0] = self.indent + rows[0]
+        if len(rows) == 1:  # a row of a triple-quoted string is text, not code: never wrapped
+            rows = wrap(rows[0], self.indent + INDENT)
         if has_span:
             rows[-1] += self.trailing(end_line)
             self.last_line = max(self.last_line, end_line)
@@ -306,7 +309,8 @@ class _Printer:
         self.item(value, f"memory = last {self.expr(value)}")
 
     def state(self, s: n.StateField) -> None:
-        self.item(s, f"state {s.name}: {self.type(s.type)} = {self.expr(s.default)}")
+        clip = " clip" if s.clip else ""
+        self.item(s, f"state {s.name}: {self.type(s.type)}{clip} = {self.expr(s.default)}")
 
     def env_field(self, f: n.EnvField) -> None:
         typed = f": {self.type(f.type)}" if f.type is not None else ""
@@ -389,11 +393,13 @@ class _Printer:
         self.item(s, f"{'stop' if s.scope == 'run' else 'break'} when {self.expr(s.condition)}")
 
     def stmt_Ask(self, s: n.Ask) -> None:
-        text = f"ask {s.population}"
+        text = f"ask {s.population}" + (" in order" if s.in_order else "")
         if s.where is not None:
             text += f" where {_guard(self.expr(s.where), ' x')}"
         if s.model is not None:
             text += f" using {s.model}"
+        if s.verbatim:
+            text += " verbatim"
         text += f" {self.template(s.prompt)} -> {s.output.name}: {self.type(s.output.type)}"
         self.item(s, text)
 
@@ -420,8 +426,18 @@ class _Printer:
         self.item(s, f"{self.expr(s.target, _POSTFIX)} {s.op} {value}{where}")
 
     def stmt_Record(self, s: n.Record) -> None:
-        items = [(f"{i.name} = " if i.name is not None else "") + self.expr(i.value) for i in s.items]
-        self.item(s, "record " + ", ".join(items))
+        def spelled(items):
+            return ", ".join((f"{i.name} = " if i.name is not None else "") + self.expr(i.value) for i in items)
+
+        table = f"{quote_string(s.table)} " if s.table is not None else ""
+        by = f" by {spelled(s.by)}" if s.by else ""
+        self.item(s, f"record {table}{spelled(s.items)}{by}")
+
+    def stmt_Regroup(self, s: n.Regroup) -> None:
+        self.item(s, f"regroup {s.group}")
+
+    def stmt_Snapshot(self, s: n.Snapshot) -> None:
+        self.item(s, f"snapshot {s.population}")
 
     def stmt_CallStmt(self, s: n.CallStmt) -> None:
         self.item(s, self.expr(s.call))
@@ -439,7 +455,7 @@ class _Printer:
         return t.name
 
     # ---------------------------------------------------------- expressions
-    def expr(self, e: n.Expr, need: int = _IFEXP) -> str:
+    def expr(self, e: n.Expr, need: int = _PIPED) -> str:
         """`e` as text, in parentheses if it binds more loosely than its place requires (`need`)."""
         text, strength = self._expr(e)
         return f"({text})" if strength < need else text
@@ -472,6 +488,11 @@ class _Printer:
             if e.op == "not":
                 return f"not {self.expr(e.operand, _NOT)}", _NOT
             return f"-{self.expr(e.operand, _UNARY)}", _UNARY
+        if isinstance(e, n.Piped):
+            args = f"({self.args(e.args)})" if e.args else ""
+            return f"{self.expr(e.value, _PIPED)} | {e.name}{args}", _PIPED
+        if isinstance(e, n.Filtered):  # only inside an aggregate's parentheses, where any expression fits
+            return f"{self.expr(e.value)} where {self.expr(e.where)}", _PIPED
         if isinstance(e, n.IfExp):
             then = _guard(self.expr(e.then, _OR), " if")
             test = _guard(self.expr(e.test, _OR), " else")
@@ -538,6 +559,66 @@ class _Printer:
         lines = [inner + line if line.strip() else "" for line in body.split("\n")]
         text = '"""\n' + "\n".join(lines) + "\n" + self.indent + '"""'
         return text if _reads_back(text, parts) else None
+
+
+def wrap(line: str, indent: str, width: int = WIDTH) -> list[str]:
+    """A line over `width` columns as several: broken after the last `, ` (else after an operator)
+    that fits, outside strings; a newline there continues the line, so the text means the same.
+    A line with no such place (one long string) stays as it is."""
+    out = []
+    while len(line) > width:
+        cut = _break_at(line, width)
+        if cut is None:
+            break
+        out.append(line[:cut].rstrip())
+        line = indent + line[cut:].lstrip()
+    out.append(line)
+    return out
+
+
+_OPERATORS = (" + ", " - ", " * ", " / ", " and ", " or ", " == ", " != ", " <= ", " >= ", " < ", " > ")
+
+
+def _break_at(line: str, width: int) -> int | None:
+    """Where to break `line`: just after a comma or an operator outside strings, the least nested
+    one (a comma before an operator) that fits in `width`, the last of those; else the first one
+    after `width`; None when there is none."""
+    places = []  # (nesting depth, 0 for a comma / 1 for an operator, position after it)
+    i, end, depth = 0, len(line), 0
+    start = len(line) - len(line.lstrip())
+    while i < end:
+        if line.startswith('"""', i):
+            close = line.find('"""', i + 3)
+            if close < 0:
+                return None  # a triple-quoted string runs on: leave the line alone
+            i = close + 3
+            continue
+        ch = line[i]
+        if ch == '"':
+            j = i + 1
+            while j < end and line[j] != '"':
+                j += 2 if line[j] == "\\" else 1
+            i = j + 1
+            continue
+        if ch == "#":
+            break  # a trailing comment
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and i + 1 < end and line[i + 1] == " ":
+            places.append((depth, 0, i + 1))
+        elif ch == " " and i > start:
+            for op in _OPERATORS:
+                if line.startswith(op, i):
+                    places.append((depth, 1, i + len(op) - 1))
+                    break
+        i += 1
+    fitting = [p for p in places if p[2] <= width]
+    if fitting:
+        best = min(p[:2] for p in fitting)
+        return [p for p in fitting if p[:2] == best][-1][2]
+    return min(places)[2] if places else None
 
 
 def _escape_long(text: str, following: str) -> str:

@@ -101,6 +101,24 @@ class IfExp(Expr):
 
 
 @dataclass(**_NODE)
+class Piped(Expr):
+    """`value | name(args)`: a filter, as in templates (`{{ x | round(2) }}`); means name(value, args)."""
+
+    value: Expr
+    name: str
+    args: tuple[Arg, ...] = ()
+    name_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(**_NODE)
+class Filtered(Expr):
+    """`value where cond` inside an aggregate's parentheses: only the agents for whom cond holds."""
+
+    value: Expr
+    where: Expr
+
+
+@dataclass(**_NODE)
 class ListLit(Expr):
     items: tuple[Expr, ...] = ()
 
@@ -200,6 +218,7 @@ class StateField(Node):
     name: str
     type: TypeExpr
     default: Expr
+    clip: bool = False  # `in LOW..HIGH clip`: updates are clipped into the range instead of failing the run
     name_span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
@@ -306,6 +325,8 @@ class Ask(Stmt):
     output: Output
     where: Expr | None = None
     model: str | None = None
+    in_order: bool = False  # `ask P in order`: one agent after another, each seeing the answers before it
+    verbatim: bool = False  # the prompt as written: no reply instruction appended
     population_span: Span = field(default=NO_SPAN, compare=False, repr=False)
     model_span: Span | None = field(default=None, compare=False, repr=False)
 
@@ -350,6 +371,24 @@ class RecordItem(Node):
 @dataclass(**_NODE)
 class Record(Stmt):
     items: tuple[RecordItem, ...]
+    table: str | None = None  # `record "prices" ...`: a table of its own
+    by: tuple[RecordItem, ...] = ()  # `... by players.kind`: one row per value
+
+
+@dataclass(**_NODE)
+class Regroup(Stmt):
+    """`regroup G`: draw group set G's random groups anew."""
+
+    group: str
+    group_span: Span = field(default=NO_SPAN, compare=False, repr=False)
+
+
+@dataclass(**_NODE)
+class Snapshot(Stmt):
+    """`snapshot P`: write every agent of population P (id, kind, state, answers) at this point."""
+
+    population: str
+    population_span: Span = field(default=NO_SPAN, compare=False, repr=False)
 
 
 @dataclass(**_NODE)

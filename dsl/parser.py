@@ -27,6 +27,10 @@ MAX_ERRORS = 20
 
 _OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
 _CLOSE = {"RPAR", "RSQB"}
+# A line that ends in one of these goes on on the next line: a trailing comma or an operator.
+# (Not `=`: `x =` at the end of a line is an unfinished item, and says so.)
+CONTINUES = frozenset({"COMMA", "PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "PERCENT_OP", "POW", "COMP_OP", "AND",
+                       "OR", "PIPE"})
 
 DECL_KEYWORDS = ("scenario", "import", "model", "persona", "agent", "population", "group",
                  "environment", "workflow")
@@ -47,12 +51,14 @@ class NewlinePostLexer(PostLex):
     def process(self, stream):
         depth = 0
         last_was_newline = True  # a newline at the very start separates nothing
+        last = None
         for tok in stream:
             if tok.type == "_NL":
-                if depth == 0 and not self.all_newlines and not last_was_newline:
+                if depth == 0 and not self.all_newlines and not last_was_newline and last not in CONTINUES:
                     last_was_newline = True
                     yield tok
                 continue
+            last = tok.type
             if tok.type in _OPEN:
                 depth += 1
                 if depth > MAX_NESTING:
@@ -124,7 +130,7 @@ def _words_for(term_names, parser: Lark) -> list[str]:
 
 
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "DSLASH", "PERCENT_OP", "POW", "COMP_OP", "AND", "OR", "IN", "NOT",
-              "DOT", "LPAR", "LSQB", "IF"}
+              "DOT", "LPAR", "LSQB", "IF", "PIPE"}
 
 
 def _describe_expected(expected, parser: Lark) -> str:
@@ -136,6 +142,7 @@ def _describe_expected(expected, parser: Lark) -> str:
     decl_terminals = {name.upper() for name in DECL_KEYWORDS}
     if len(expected & decl_terminals) >= 5:
         expected = (expected - decl_terminals) | {"a declaration"}
+    expected.discard("PIPE")  # `x | f` is a template filter: never worth proposing
     words = _words_for(expected, parser)
     # Expression starters flood the list; say it in one word.
     expression_starts = {"a name", "a whole number", "a string", "`(`", "`[`", "`-`", "`not`"}
@@ -210,6 +217,15 @@ def diagnose_unexpected(e: UnexpectedInput, file: str, text: str, parser: Lark, 
         return Diagnostic(code="E0017", message=f"missing `}}`: the block opened on line {brace.line} is not closed",
                           span=_span_of_token(file, brace), label="this `{` is still open",
                           hint=f"add `}}` before line {tok.line}, where a new declaration starts")
+    before = text[:tok.start_pos or 0].rstrip()
+    if "\n" in text[len(before):tok.start_pos or 0] and before and _ENDS_IN_OPERATOR.search(before) \
+            and tok.type in ("RBRACE", "RPAR", "RSQB", "$END"):
+        # `x = 1 +` at the end of a line: the operator carries the line on, and `}` cannot continue it
+        line = before.count("\n") + 1
+        column = len(before) - before.rfind("\n")
+        return Diagnostic(code="E0004", message="unexpected end of line", span=_point(file, line, column),
+                          label="expected an expression after this operator",
+                          hint="a line that ends in an operator or a comma goes on on the next line; finish the expression")
     if tok.type in ("RBRACE", "RPAR", "RSQB") and tok.type not in expected:
         return Diagnostic(code="E0006", message=f"unmatched {found}", span=span, label="nothing open to close here",
                           hint=f"remove it, or close what is open first (expected {want})")
@@ -241,6 +257,9 @@ def diagnose_unexpected(e: UnexpectedInput, file: str, text: str, parser: Lark, 
     elif "_NL" in expected:
         hint = "one item per line: start a new line before this"
     return Diagnostic(code="E0004", message=f"unexpected {found}", span=span, label=f"expected {want}", hint=hint)
+
+
+_ENDS_IN_OPERATOR = re.compile(r"(?:[-+*/%,|<>]|\*\*|//|==|!=|<=|>=|\band|\bor)\Z")
 
 
 def _bad_character(e: UnexpectedCharacters, file: str, text: str) -> Diagnostic:
@@ -499,7 +518,7 @@ def parse_direct(text: str, start: str, builder):
     values: list = []
     extents: list = []
     pos, end, line, line_start = 0, len(text), 1, 0
-    depth, last_was_newline = 0, True
+    depth, last_was_newline, last_kind = 0, True, None
     new_str = str.__new__
     while True:
         # ---- the next token, lexed in the current state's context (ContextualLexer + NewlinePostLexer)
@@ -525,10 +544,12 @@ def parse_direct(text: str, start: str, builder):
             if kind in lexer[1]:
                 kind = lexer[1][kind].get(value, kind)
             if kind == "_NL":
-                if depth or all_newlines or last_was_newline:
+                if depth or all_newlines or last_was_newline or last_kind in CONTINUES:
                     continue
                 last_was_newline = True
+                last_kind = kind
             else:
+                last_kind = kind
                 if kind in _OPEN:
                     depth += 1
                     if depth > MAX_NESTING:

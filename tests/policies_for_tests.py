@@ -20,3 +20,9 @@ def dies_in_round_two(agent):
     if agent["id"] == 15 and agent["variables"].get("round") == 2:
         os._exit(1)
     return agent["id"] % 100
+
+
+def kind_echo(agent):
+    """The kind its prompt names ("... of kind B: ..."), checking the system prompt says the same."""
+    kind = agent["prompt"].split("of kind ")[1].split(":")[0]
+    return kind

@@ -21,8 +21,8 @@ from .parts import (Agent, Environment, Extension, Group, Limits, Model, Persona
                     default_in_flight)
 from .steps import Span, Step
 
-PLAN_VERSION = "1.1"  # the newest plan this Populace writes and reads
-BASE_VERSION = "1.0"  # what a plan without 1.1 features says, so older runtimes still run it
+PLAN_VERSION = "1.2"  # the newest plan this Populace writes and reads
+BASE_VERSION = "1.0"  # what a plan without newer features says, so older runtimes still run it
 SUPPORTED_MAJOR = 1
 
 
@@ -98,8 +98,18 @@ def validate_plan(plan) -> None:
         raise errors[0]
 
 
+# What each minor version added (docs/plan-format.md): a plan says the oldest version that has
+# everything it uses, so a runtime that predates a feature refuses the plan instead of ignoring it.
+V1_1 = "Python environment kinds"
+V1_2 = ("filtered and grouped aggregates, argmin/argmax, ordered and verbatim asks, named and grouped records, "
+        "regroup, snapshot, builtin id/kind columns, numbered random draws, state defaults from personas, checked "
+        "state ranges, grids with occupancy")
+
+
 def needed_version(plan: dict) -> str:
-    """The oldest plan version that has every feature `plan` uses (1.1: Python environment kinds)."""
+    """The oldest plan version that has every feature `plan` uses."""
+    if _uses_1_2(plan):
+        return "1.2"
     envs = plan.get("environments")
     if isinstance(envs, dict) and any(isinstance(e, dict) and e.get("kind") == "python" for e in envs.values()):
         return "1.1"
@@ -108,6 +118,65 @@ def needed_version(plan: dict) -> str:
     if isinstance(settings, dict) and "extensions" in settings:
         return "1.1"
     return BASE_VERSION
+
+
+_STEP_KEYS_1_2 = {"ask": ("in_order", "verbatim"), "record": ("table", "by")}
+_METHODS_1_2 = {"move_to_empty", "x", "y"}
+
+
+def _uses_1_2(plan: dict) -> bool:
+    if not isinstance(plan, dict):
+        return False
+    def expr_uses(node) -> bool:
+        if isinstance(node, list):
+            return any(expr_uses(v) for v in node)
+        if not isinstance(node, dict):
+            return False
+        if "agg" in node and ("where" in node or node["agg"] in ("argmin", "argmax")):
+            return True
+        if node.get("src") == "builtin" or node.get("self") or ("call" in node and "site" in node):
+            return True
+        if isinstance(node.get("method"), str) and node["method"] in _METHODS_1_2:
+            return True
+        return any(expr_uses(v) for v in node.values())
+
+    for step in _all_steps(plan.get("workflow", [])):
+        op = step.get("op")
+        if op in ("regroup", "snapshot") or (isinstance(op, str) and any(k in step for k in _STEP_KEYS_1_2.get(op, ()))):
+            return True
+        if op == "call" and isinstance(step.get("method"), str) and step["method"] in _METHODS_1_2:
+            return True
+        if expr_uses({k: v for k, v in step.items() if k not in ("body", "branches", "else")}):
+            return True
+    for kind in ("agents", "populations"):
+        for decl in _values(plan.get(kind)):
+            state = decl.get("state") if isinstance(decl, dict) else None
+            if isinstance(state, dict) and any(isinstance(f, dict) and ("default_expr" in f or "out_of_range" in f)
+                                               for f in state.values()):
+                return True
+            if isinstance(decl, dict) and expr_uses(decl.get("system")):
+                return True
+    for env in _values(plan.get("environments")):
+        if isinstance(env, dict) and env.get("kind") == "grid" and isinstance(env.get("params"), dict) \
+                and "occupancy" in env["params"]:
+            return True
+    return False
+
+
+def _values(mapping) -> list:
+    """The values of a JSON object, or none when a broken plan holds something else there."""
+    return list(mapping.values()) if isinstance(mapping, dict) else []
+
+
+def _all_steps(steps):
+    for step in steps if isinstance(steps, list) else ():
+        if isinstance(step, dict):
+            yield step
+            yield from _all_steps(step.get("body"))
+            for branch in step.get("branches") or ():
+                if isinstance(branch, dict):
+                    yield from _all_steps(branch.get("body"))
+            yield from _all_steps(step.get("else"))
 
 
 def _version_tuple(version: str) -> tuple[int, int]:
@@ -125,9 +194,10 @@ def check_version(plan) -> None:
     if major > SUPPORTED_MAJOR:
         raise PlanError(f"this plan has version {version}, newer than this Populace reads ({PLAN_VERSION}); "
                         "upgrade Populace or compile the scenario again", "$.plan_version")
-    if major == SUPPORTED_MAJOR and _version_tuple(needed_version(plan)) > _version_tuple(version):
-        raise PlanError(f"this plan uses Python environment kinds, which need plan version {needed_version(plan)}, "
-                        f"but says {version}", "$.plan_version")
+    needed = needed_version(plan)
+    if major == SUPPORTED_MAJOR and _version_tuple(needed) > _version_tuple(version):
+        what = V1_2 if needed == "1.2" else V1_1
+        raise PlanError(f"this plan uses {what}, which need plan version {needed}, but says {version}", "$.plan_version")
     if major < SUPPORTED_MAJOR:
         raise PlanError(f"plan version {version} is older than {PLAN_VERSION} and has no upgrader; compile the scenario again",
                         "$.plan_version")

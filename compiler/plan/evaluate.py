@@ -92,7 +92,38 @@ def _checked(fn, name):
     return call
 
 
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and x != x)
+
+
+def _fixed(x, digits=2):
+    """`{{ x | fixed(2) }}`: exactly `digits` decimals (3.10, not 3.1)."""
+    if _missing(x):
+        return format_value(x)
+    return f"{float(x):.{max(0, int(digits))}f}"
+
+
+def _percent(x, digits=0):
+    """`{{ share | percent }}`: 0.237 -> 24%; `percent(1)` -> 23.7%."""
+    if _missing(x):
+        return format_value(x)
+    return f"{float(x) * 100:.{max(0, int(digits))}f}%"
+
+
+def _arg_best(pick):
+    def best(items):
+        present = [(v, i) for i, v in enumerate(items) if not _missing(v)]
+        if not present:
+            return None
+        return pick(present, key=lambda p: (p[0], p[1]) if pick is min else (p[0], -p[1]))[1]
+    return best
+
+
 FUNCTIONS: dict[str, Callable] = {
+    "fixed": _fixed,
+    "percent": _percent,
+    "argmin": _arg_best(min),  # the index of the smallest item of a list (the first of equals)
+    "argmax": _arg_best(max),
     "round": _round,
     "abs": abs,
     "floor": lambda x: math.floor(x),

@@ -57,8 +57,13 @@ class Persona:
 
 @dataclass(frozen=True, slots=True)
 class StateField:
+    """A state field: its type, its starting value (a constant, or an expression of the agent's persona
+    and params), and what an update outside the declared range does (`fail` the run, or `clip`)."""
+
     type: PlanType
     default: object
+    default_expr: Expr | None = optional()
+    out_of_range: str | None = optional()
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,8 +119,28 @@ class RecordItem:
 
 @dataclass(**_STEP)
 class Record(Step):
+    """A row of a table (`table`, or `metrics` when unnamed); with `by`, one row per value of the keys."""
+
     OP: ClassVar[str] = "record"
     items: tuple[RecordItem, ...]
+    table: str | None = optional()
+    by: tuple[RecordItem, ...] = optional(())
+
+
+@dataclass(**_STEP)
+class Regroup(Step):
+    """Draw a random group set's groups anew (seeded by the step and the iteration)."""
+
+    OP: ClassVar[str] = "regroup"
+    group: str
+
+
+@dataclass(**_STEP)
+class Snapshot(Step):
+    """Write every agent of a population: id, kind, state and answers, at this point of the run."""
+
+    OP: ClassVar[str] = "snapshot"
+    population: str
 
 
 # ---------------------------------------------------------------- agent steps (every shard)
@@ -139,6 +159,8 @@ class Ask(Step):
     prompt: Expr
     output: Output
     per_agent_prompt: bool
+    in_order: bool = optional(False)  # one agent after another, each seeing the answers before it
+    verbatim: bool = optional(False)  # the prompt as written: no reply instruction appended
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +212,7 @@ class Call(Step):
 
 
 STEP_KINDS: dict[str, type] = {cls.OP: cls for cls in (Repeat, For, If, Stop, Let, SetVar, SetEnv, Record, Ask, Tell,
-                                                       Broadcast, SetState, Call)}
+                                                       Broadcast, SetState, Call, Regroup, Snapshot)}
 AGENT_STEPS = (Ask, SetState, Tell, Broadcast)  # steps that change agents: a checkpoint comes before each
 
 

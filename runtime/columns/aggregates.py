@@ -16,10 +16,13 @@ from populace.compiler.plan.evaluate import EvalError
 from .vector import is_vector
 
 
-def partial(spec: dict, values, n: int):
-    """One shard's partial result for an aggregate; `combine` reduces partials to the value."""
+def partial(spec: dict, values, n: int, ids: np.ndarray | None = None):
+    """One shard's partial result for an aggregate; `combine` reduces partials to the value.
+    `ids` are the agents' ids (argmin / argmax answer with one)."""
     fn = spec["agg"]
     arr = np.asarray(values) if is_vector(values) else np.full(n, values)
+    if fn in ("argmin", "argmax"):
+        return _best(fn, arr, ids)
     if arr.dtype == object:
         present = arr[np.array([v is not None for v in arr.tolist()], dtype=bool)] if len(arr) else arr
         if fn == "count":
@@ -44,6 +47,18 @@ def partial(spec: dict, values, n: int):
         counts, _ = np.histogram(present, bins=int(p["bins"]), range=(p["low"], p["high"]))
         return counts.astype(np.int64)
     return present  # median, quantile, histogram without a range: the values themselves
+
+
+def _best(fn: str, arr: np.ndarray, ids) -> tuple | None:
+    """(best value, its agent's id): the lowest id among equals, so any sharding picks the same agent."""
+    vals = np.array([np.nan if v is None else float(v) for v in arr.tolist()]) if arr.dtype == object \
+        else arr.astype(np.float64)
+    ok = ~np.isnan(vals)
+    if not ok.any():
+        return None
+    vals, ids = vals[ok], np.asarray(ids)[ok]
+    best = vals.min() if fn == "argmin" else vals.max()
+    return (float(best), int(ids[vals == best].min()))
 
 
 def exact_sum(values: np.ndarray) -> tuple[float, float]:
@@ -73,6 +88,12 @@ def combine(spec: dict, parts: list):
     fn, params = spec["agg"], spec["params"]
     if fn == "count":
         return int(sum(parts))
+    if fn in ("argmin", "argmax"):
+        found = [p for p in parts if p is not None]
+        if not found:
+            return None
+        sign = 1 if fn == "argmin" else -1
+        return min(found, key=lambda p: (sign * p[0], p[1]))[1]
     if fn == "mean":
         total, count = _total(p[0] for p in parts), sum(p[1] for p in parts)
         return total / count if count else float("nan")

@@ -26,6 +26,7 @@ class Frame:
     ids: np.ndarray
     types: dict  # field -> plan type json
     world: object = None  # the shard: group keys and adjacency rows of its agents (environments.py)
+    kinds: np.ndarray | None = None  # each agent's kind (agent declaration name), for `self.kind`
 
     @property
     def size(self) -> int:
@@ -39,6 +40,7 @@ class Context:
     aggregates: dict = field(default_factory=dict)  # agg_key(expr) -> value
     seed: int = 0
     where: str = ""  # step id and iteration: names the draws of random()
+    groups: dict = field(default_factory=dict)  # group set -> times it was drawn anew (`regroup`)
 
 
 def agg_key(expr: dict) -> str:
@@ -81,6 +83,8 @@ def evaluate(expr: dict, frame: Frame, ctx: Context):
     if "col" in expr:
         if "via" in expr:
             raise EvalError("a group's or neighbours' field needs an aggregate, e.g. sum(tables.x)")
+        if expr.get("src") == "builtin":
+            return builtin(expr["col"], frame)
         return frame.columns[expr["col"]]
     if "agg" in expr:
         if "via" in expr:
@@ -137,6 +141,31 @@ def evaluate(expr: dict, frame: Frame, ctx: Context):
     raise EvalError(f"this runtime cannot evaluate {sorted(expr)}")
 
 
+def builtin(name: str, frame: Frame) -> np.ndarray:
+    """`self.id` (0..N-1, stable) and `self.kind` (the agent's declaration name)."""
+    if name == "id":
+        return np.asarray(frame.ids, dtype=np.int64)
+    if name == "kind":
+        if frame.kinds is None:
+            raise EvalError("`kind` is not known here")
+        return frame.kinds
+    raise EvalError(f"no built-in field `{name}`")
+
+
+def truth(values, n: int) -> np.ndarray:
+    """A filter's values as a mask: true where the value is true; a missing value (NaN, None) is false."""
+    if not is_vector(values):
+        return np.full(n, bool(values) if values is not None and values == values else False)
+    arr = np.asarray(values)
+    if arr.dtype == bool:
+        return arr
+    if arr.dtype.kind == "f":
+        return (arr == arr) & (arr != 0)
+    if arr.dtype.kind in "iu":
+        return arr != 0
+    return np.array([v is not None and v == v and bool(v) for v in arr.tolist()], dtype=bool)
+
+
 def _field_of_each(records: np.ndarray, name: str) -> np.ndarray:
     """A field of per-agent records; numbers come back as floats with NaN where missing."""
     values = [r.get(name) if isinstance(r, dict) else None for r in records.tolist()]
@@ -172,6 +201,10 @@ def _op(expr, frame, ctx):
     if op == "neg":
         return -np.asarray(values[0])
     a, b = values
+    if op in ("+", "-", "*", "/", "//", "%", "**"):
+        # true counts 1: numpy would add two bool columns as `or` and refuse to subtract them
+        a, b = (np.asarray(v, dtype=np.int64) if is_vector(v) and np.asarray(v).dtype == bool else
+                int(v) if isinstance(v, bool) else v for v in (a, b))
     if op in ("in", "not in"):
         if is_vector(b):
             raise EvalError("`in` with a per-agent list is not supported")
@@ -200,11 +233,25 @@ _NP_FUNCTIONS = {
 }
 
 
+def _draws(expr, frame, ctx) -> np.ndarray:
+    """One uniform per agent for random() or choice(): each call site of a step draws its own numbers
+    (`site` numbers them), the same whatever the sharding."""
+    parts = ("random", ctx.where) if "site" not in expr else ("random", ctx.where, expr["site"])
+    return rng.uniforms(frame.ids, rng.key(ctx.seed, *parts))
+
+
 def _call(expr, frame, ctx):
     name = expr["call"]
     if name == "random":
-        return rng.uniforms(frame.ids, rng.key(ctx.seed, "random", ctx.where))
+        return _draws(expr, frame, ctx)
     values = [evaluate(a, frame, ctx) for a in expr["args"]]
+    if name == "choice":
+        return _choice(values, _draws(expr, frame, ctx))
+    if name in ("argmin", "argmax"):
+        return _arg_best(name, values[0], frame.size)
+    if name in ("fixed", "percent") and any(is_vector(v) for v in values):
+        fn = FUNCTIONS[name]
+        return np.array([fn(*row) for row in zip(*[_to_array(v, frame.size).tolist() for v in values])], dtype=object)
     if not any(is_vector(v) for v in values):
         return FUNCTIONS[name](*values)
     if name == "round":
@@ -224,6 +271,48 @@ def _call(expr, frame, ctx):
         with np.errstate(invalid="ignore", divide="ignore"):
             return _NP_FUNCTIONS[name](np.asarray(values[0], dtype=float))
     raise EvalError(f"`{name}` of per-agent values is not supported")
+
+
+def _choice(values: list, u: np.ndarray):
+    """Per agent, one of `items` drawn with `weights` (each a number or one per agent), from the uniforms `u`."""
+    items, weights = values[0], values[1] if len(values) > 1 else None
+    if not isinstance(items, list) or not items:
+        raise EvalError("choice(...) needs a non-empty list of items")
+    k, n = len(items), len(u)
+    if weights is None:
+        w = np.ones((k, n))
+    else:
+        if not isinstance(weights, list) or len(weights) != k:
+            raise EvalError(f"choice(...) has {k} items and {len(weights) if isinstance(weights, list) else 1} weights")
+        w = np.vstack([np.broadcast_to(np.nan_to_num(np.asarray(x, dtype=float), nan=0.0), (n,)) for x in weights])
+    if (w < 0).any():
+        raise EvalError("choice(...) weights must not be negative")
+    total = w.sum(axis=0)
+    cumulative = np.cumsum(w, axis=0) / np.where(total > 0, total, 1.0)
+    index = np.minimum((cumulative <= u).sum(axis=0), k - 1)
+    vectors = [np.broadcast_to(np.asarray(v, dtype=object if isinstance(v, str) or (is_vector(v) and np.asarray(v).dtype == object) else None), (n,))
+               for v in items]
+    out = np.empty(n, dtype=object if any(a.dtype == object for a in vectors) else np.float64)
+    for j, a in enumerate(vectors):
+        out[index == j] = a[index == j]
+    if out.dtype != object:
+        out[total <= 0] = np.nan  # no weight anywhere: no choice (missing)
+    else:
+        out[total <= 0] = None
+    return out
+
+
+def _arg_best(name: str, items, n: int):
+    """Per agent, the index (0-based) of the smallest or largest item of a list; the first one on ties;
+    missing when every item is missing."""
+    if not isinstance(items, list) or not items:
+        raise EvalError(f"{name}(...) needs a non-empty list")
+    stack = np.vstack([np.broadcast_to(np.asarray(v, dtype=float), (n,)) for v in items])
+    missing = np.isnan(stack)
+    filled = np.where(missing, np.inf if name == "argmin" else -np.inf, stack)
+    index = (np.argmin if name == "argmin" else np.argmax)(filled, axis=0).astype(np.float64)
+    index[missing.all(axis=0)] = np.nan
+    return index
 
 
 # ------------------------------------------------------------------ templates

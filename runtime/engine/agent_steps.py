@@ -15,9 +15,9 @@ from populace.compiler.plan import steps as s
 from populace.compiler.plan.extensions import Each, ExtensionError
 from populace.runtime.environments import builtin as environments
 from populace.runtime.store import latency
-from populace.runtime.store.rundir import ask_file
+from populace.runtime.store.rundir import ask_file, partition_dir
 
-from . import failures
+from . import failures, ordered
 from .errors import RunFailed
 from .values import concat
 
@@ -27,7 +27,10 @@ LLM_COUNTS = ("retries", "reasks", "cache_hits", "failures", "cache_read", "cach
 def ask(driver, step: s.Ask, variables, label, depth=0):
     # System prompts may hold aggregates too: they are computed with the step's own.
     systems = [driver.plan.agents[part.agent].system for part in driver.plan.populations[step.population].mixture]
-    shard_step(driver, step, variables, label, "ask", [step.prompt, step.where, *systems])
+    prompt = step.prompt
+    if step.in_order:  # the aggregates over the answer are computed as agents answer (ordered.py)
+        prompt = ordered.without_running(step, step.population)
+    shard_step(driver, step, variables, label, "ask", [prompt, step.where, *systems])
 
 
 def set_state(driver, step: s.SetState, variables, label, depth=0):
@@ -143,7 +146,10 @@ def shard_step(driver, step, variables, label, method, exprs, population=None, c
             driver.emit({"type": "calls_in_flight", "step": step.id, "iteration": label, "models": in_flight,
                          "shards": len(pending)})
 
-    results = executor.call(pop, method, step, context, on_done=shard_done, on_wait=on_wait)
+    if method == "ask" and step.in_order:
+        results = _in_order(executor, pop, step, context, shard_done)
+    else:
+        results = executor.call(pop, method, step, context, on_done=shard_done, on_wait=on_wait)
     restart_events(driver, step, label)
     seconds = time.monotonic() - began
     event = {"type": "step_finished", "step": step.id, "iteration": label, "op": step.OP, "population": pop,
@@ -175,6 +181,21 @@ def shard_step(driver, step, variables, label, method, exprs, population=None, c
     driver.shards_event([pop])
     if method == "ask" and event["errors"]:
         failures.step_failed(driver, step, label, event["agents"], event["errors"], samples)
+
+
+def _in_order(executor, pop: str, step, context: dict, shard_done) -> list:
+    """`ask ... in order`: shard after shard, each told the running aggregates' partials of the
+    shards before it (ordered.py). Every shard gets each turn's call (only the turn's shard works),
+    so the calls a restarted shard replays are the same for all shards."""
+    prior: dict = {}
+    results = []
+    for turn in range(len(executor.ranges[pop])):
+        result = executor.call(pop, "ask_in_order", step, context, prior, turn)[turn]
+        for key, part in result.pop("running").items():
+            prior = dict(prior, **{key: [*prior.get(key, ()), part]})
+        results.append(result)
+        shard_done(turn, result)
+    return results
 
 
 def _llm_stats(driver, step, label, results) -> dict:
@@ -233,3 +254,11 @@ def personas(driver) -> None:
     for pop, parts in tables.items():
         if len(tables) > 1:
             driver.run_dir.write_tables(f"personas/{pop}.parquet", parts)
+
+
+def snapshot(driver, step: s.Snapshot, variables, label, depth=0):
+    """`snapshot POP`: every agent's id, kind, state and answers, as `agents/POP/<iteration>/part-0.parquet`."""
+    folder = partition_dir(label)
+    path = f"agents/{step.population}/" + (f"{folder}/" if folder else "") + "part-0.parquet"
+    driver.run_dir.write_tables(path, driver.executor.call(step.population, "snapshot"))
+    driver.emit({"type": "snapshot", "step": step.id, "iteration": label, "population": step.population, "file": path})

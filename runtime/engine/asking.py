@@ -21,9 +21,14 @@ MAX_ERROR_SAMPLES = 20
 LLM_COUNTS = ("retries", "reasks", "cache_hits", "failures", "cache_read", "cache_write")
 
 
-def ask(shard, step, ctx) -> dict:
+def ask(shard, step, ctx, only: int | None = None) -> dict:
+    """Ask every agent the step selects (or, with `only`, that one local agent if selected)."""
     frame = shard.frame()
     mask = shard.mask(step.where, frame, ctx)
+    if only is not None:
+        one = np.zeros(len(mask), dtype=bool)
+        one[only] = mask[only]
+        mask = one
     prompt = evaluate(step.prompt, frame, ctx)
     out_name, out_type = step.output.name, step.output.type
     column = shard.columns.get(out_name)

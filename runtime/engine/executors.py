@@ -18,7 +18,7 @@ MAX_RESTARTS = 3  # a shard that keeps dying fails the run after this many resta
 
 class ShardDied(RuntimeError):
     """A shard's process kept dying: the run fails with this message (and stays resumable)."""
-MUTATING = ("ask", "set_state", "tell", "broadcast")  # calls that change agents: replayed after a restart
+MUTATING = ("ask", "ask_in_order", "set_state", "tell", "broadcast")  # calls that change agents: replayed after a restart
 SHARD_CPUS = 0.001  # what a shard actor asks of Ray: not 0, or Ray would not spread shards over nodes
 SAMPLE_EVERY = 1.0  # seconds between `on_wait` samples while a call runs (the monitor's calls in flight)
 

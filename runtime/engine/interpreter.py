@@ -67,8 +67,9 @@ class Driver:
             # agent steps are functions of agent_steps.py, given this driver
             s.Ask: partial(agent_steps.ask, self), s.SetState: partial(agent_steps.set_state, self),
             s.Tell: partial(agent_steps.tell, self), s.Broadcast: partial(agent_steps.broadcast, self),
-            s.Call: partial(agent_steps.call, self),
+            s.Call: partial(agent_steps.call, self), s.Regroup: self.regroup, s.Snapshot: partial(agent_steps.snapshot, self),
         }
+        self.regroups: dict = {}  # group set -> times drawn anew by `regroup` (shards derive the groups from it)
 
     # ---------------------------------------------------------------- events
     def emit(self, event: dict) -> None:
@@ -206,6 +207,7 @@ class Driver:
             "fold": self.state.saved(), "metrics_lines": self.run_dir.metrics_written, "ranges": self.executor.ranges,
             "shard_steps": self.shard_steps, "elapsed": time.monotonic() - self.started + self.elapsed_before,
             "checkpoint_every": self.checkpoint_every, "failures": self.failures, "max_failed": self.max_failed,
+            "regroups": self.regroups,
         })
         self.executor.checkpoint_done()
         self.emit({"type": "checkpoint", "seq": self.seq, "before": self.frames[-1]["index"],
@@ -218,6 +220,8 @@ class Driver:
         self.env = state["env"]
         self.state = RunState.restored(checkpoints.fold_of(state))
         self.shard_steps = state["shard_steps"]
+        saved_groups = state.get("regroups")
+        self.regroups = dict(saved_groups) if isinstance(saved_groups, dict) else {}
         saved_failures = state.get("failures")
         self.failures = list(saved_failures) if isinstance(saved_failures, list) else []
         if self._max_failed_given is None and isinstance(state.get("max_failed"), (int, float)):
@@ -313,11 +317,23 @@ class Driver:
         env[step.field] = _update(env[step.field], step.operator, self.values.value(step.value, variables, step))
 
     def record(self, step: s.Record, variables, label, depth=0):
-        row = {k: v for k, v in variables.items() if isinstance(v, (int, float, str, bool))}
-        for item in step.items:
-            row[item.name] = self.values.value(item.value, variables, step)
-        self.run_dir.metric(dict(row, step=step.id))
-        self.emit({"type": "record", "step": step.id, "iteration": label, "values": row})
+        base = {k: v for k, v in variables.items() if isinstance(v, (int, float, str, bool))}
+        if step.table:
+            base["table"] = step.table
+        if step.by:
+            rows = self.values.keyed_rows(step, variables)  # one row per value of the keys
+        else:
+            rows = [{item.name: self.values.value(item.value, variables, step) for item in step.items}]
+        for values in rows:
+            row = dict(base, **values)
+            self.run_dir.metric(dict(row, step=step.id))
+            self.emit({"type": "record", "step": step.id, "iteration": label, "values": row})
+
+    def regroup(self, step: s.Regroup, variables, label, depth=0):
+        """Draw the group set anew: shards derive the new groups from the seed and this count."""
+        self.regroups[step.group] = self.regroups.get(step.group, 0) + 1
+        self.emit({"type": "regrouped", "step": step.id, "iteration": label, "group": step.group,
+                   "draw": self.regroups[step.group]})
 
 
 def _update(old, op, new):

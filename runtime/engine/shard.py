@@ -16,7 +16,7 @@ import pyarrow as pa
 from populace.compiler.plan import Plan
 from populace.compiler.plan.evaluate import EvalError
 from populace.runtime.columns.aggregates import partial
-from populace.runtime.columns.vector import Context, Frame, evaluate, is_vector
+from populace.runtime.columns.vector import Context, Frame, evaluate, is_vector, truth
 from populace.runtime.environments import builtin as environments
 from populace.runtime.environments import groups, network
 from populace.runtime.models.base import empty_values, make_model
@@ -24,7 +24,8 @@ from populace.runtime.personas import sampling as personas
 from populace.runtime.store import checkpoints
 from populace.runtime.store.tables import arrow_values, from_arrow, plain
 
-from . import asking
+from . import asking, by_group, ordered, process, starts
+from .ranges import checked_state
 from .memory import Memory
 
 
@@ -53,9 +54,16 @@ class Shard:
             lo, hi = max(part.start, start), min(part.start + part.count, stop)
             if lo < hi:
                 self.kinds.append((part.agent, slice(lo - start, hi - start)))
+        self.kind_column = np.empty(len(self.ids), dtype=object)  # `self.kind`, one per agent
+        for agent_name, local in self.kinds:
+            self.kind_column[local] = agent_name
+        self.regroups: dict = {}  # group set -> times drawn anew, as the driver last said (`regroup`)
         for name, st in pop.state.items():
-            self.columns[name] = self._state_column(name, st)
+            self.columns[name] = starts.constant_column(self, name, st)
             self.types[name] = st.type
+        for name, st in pop.state.items():
+            if st.default_expr is not None:  # from the persona: after every column exists
+                starts.computed_starts(self, name, st)
         for name, ty in pop.outputs.items():
             self.columns[name] = empty_values(ty, len(self.ids))
             self.types[name] = ty
@@ -63,7 +71,7 @@ class Shard:
         self._derived: dict = {}  # group keys and adjacency rows: rebuilt from the seed, never saved
         self.restarted_from = None
         self._where = None  # node and host, found on the first info() (a restart is a new process)
-        if self.options.get("checkpoints") and _reconstructed():
+        if self.options.get("checkpoints") and process.reconstructed():
             # Ray brought this shard back after its process died: reload the latest checkpoint,
             # which was taken just before the step whose call Ray is about to send again.
             latest = checkpoints.latest_checkpoint(self.options["checkpoints"])
@@ -79,14 +87,10 @@ class Shard:
             if model:
                 self.model(model)
 
-    def _state_column(self, name: str, st) -> np.ndarray:
-        """A state field's starting values: each agent kind's own default (a mixture's kinds may differ)."""
-        column = _filled(st.type, st.default, len(self.ids))
-        for agent_name, local in self.kinds:
-            own = self.plan.agents[agent_name].state.get(name)
-            if own is not None and own.default != st.default:
-                column[local] = _filled(st.type, own.default, local.stop - local.start)
-        return column
+    def _ctx(self, context: dict) -> Context:
+        """A step's context; it also says how often each group set has been drawn anew."""
+        self.regroups = context.get("groups") or {}
+        return Context(**context)
 
     def ready(self) -> bool:
         """Answered once the shard is built: start-up errors surface here, before the first step."""
@@ -102,10 +106,10 @@ class Shard:
         strings they point at); `rss` is the whole process's resident memory, which counts those too.
         """
         if self._where is None:
-            self._where = _where()
+            self._where = process.where()
         arrays = [*self.columns.values(), *self.memory.arrays(), self.ids]
         return dict(self._where, shard=self.index, agents=len(self.ids), pid=os.getpid(),
-                    bytes=int(sum(np.asarray(a).nbytes for a in arrays)), rss=_rss())
+                    bytes=int(sum(np.asarray(a).nbytes for a in arrays)), rss=process.rss())
 
     def load(self) -> dict:
         """Model requests being sent right now, per model: sampled by the driver while an ask runs
@@ -133,15 +137,20 @@ class Shard:
 
     # ---------------------------------------------------------------- groups and neighbours
     def frame(self) -> Frame:
-        return Frame(columns=self.columns, ids=self.ids, types=self.types, world=self)
+        return Frame(columns=self.columns, ids=self.ids, types=self.types, world=self, kinds=self.kind_column)
 
     def group_keys(self, name: str) -> np.ndarray:
-        """This shard's agents' group keys in group set `name` (derived from the seed: never saved)."""
-        cached = self._derived.get(("group", name))
+        """This shard's agents' group keys in group set `name` (derived from the seed and the number of
+        `regroup`s so far: never saved)."""
+        version = int(self.regroups.get(name, 0))
+        key = ("group", name, version)
+        cached = self._derived.get(key)
         if cached is None:
+            for old in [k for k in self._derived if k[:2] == ("group", name)]:
+                del self._derived[old]
             group = self.plan.groups[name]
             size = self.plan.populations[self.population].size
-            cached = self._derived[("group", name)] = groups.group_keys(group, size, self.seed, self.ids, self.columns)
+            cached = self._derived[key] = groups.group_keys(group, size, self.seed, self.ids, self.columns, version)
         return cached
 
     def adjacency(self, env_name: str, ctx) -> tuple:
@@ -167,21 +176,35 @@ class Shard:
 
     def group_partials(self, specs: list[dict], context: dict) -> list:
         """Per-group partials of group aggregates: [(group keys, partial arrays)] per spec."""
-        ctx = Context(**context)
+        ctx = self._ctx(context)
         frame = self.frame()
         out = []
         for spec in specs:
             values = evaluate(environments.strip_via(spec["arg"]), frame, ctx)
-            out.append(groups.partials(spec, values, self.group_keys(spec["via"]["group"])))
+            keys = self.group_keys(spec["via"]["group"])
+            if "where" in spec:
+                keep = truth(evaluate(environments.strip_via(spec["where"]), frame, ctx), len(self.ids))
+                values, keys = (np.asarray(values)[keep] if is_vector(values) else values), keys[keep]
+            out.append(groups.partials(spec, values, keys))
         return out
 
-    def column(self, expr: dict, context: dict) -> np.ndarray:
-        """One value per agent of this shard (the driver gathers a population's column)."""
-        ctx = Context(**context)
-        values = evaluate(environments.strip_via(expr), self.frame(), ctx)
-        if is_vector(values):
-            return values
-        return np.full(len(self.ids), values, dtype=object if isinstance(values, str) or values is None else None)
+    def column(self, expr: dict, context: dict, where: dict | None = None) -> np.ndarray:
+        """One value per agent of this shard (the driver gathers a population's column); with `where`,
+        missing (NaN / None) for the agents it does not keep."""
+        ctx = self._ctx(context)
+        frame = self.frame()
+        values = evaluate(environments.strip_via(expr), frame, ctx)
+        if not is_vector(values):
+            values = np.full(len(self.ids), values, dtype=object if isinstance(values, str) or values is None else None)
+        if where is not None:
+            keep = truth(evaluate(environments.strip_via(where), frame, ctx), len(self.ids))
+            values = np.asarray(values)
+            if values.dtype == object:
+                values = values.copy()
+                values[~keep] = None
+            else:
+                values = np.where(keep, values.astype(np.float64), np.nan)
+        return values
 
     def texts(self, expr: dict, context: dict, keep: int) -> list:
         """The last `keep` present texts of `expr` in agent id order (posts for a chat room)."""
@@ -191,7 +214,7 @@ class Shard:
 
     def outgoing(self, step, context: dict) -> dict:
         """Senders' messages for a tell to groups or neighbours: ids, group keys and texts."""
-        ctx = Context(**context)
+        ctx = self._ctx(context)
         frame = self.frame()
         sel = np.flatnonzero(self.mask(step.where, frame, ctx))
         message = evaluate(step.message, frame, ctx)
@@ -202,23 +225,25 @@ class Shard:
         return out
 
     def mask(self, where, frame, ctx) -> np.ndarray:
+        """Who a step's `where` selects: a missing value (an agent with no answer yet) selects no one."""
         if where is None:
             return np.ones(len(self.ids), dtype=bool)
-        value = evaluate(where, frame, ctx)
-        if is_vector(value):
-            return np.asarray(value, dtype=bool)
-        return np.full(len(self.ids), bool(value))
+        return truth(evaluate(where, frame, ctx), len(self.ids))
 
     # ---------------------------------------------------------------- agent steps
     def ask(self, step, context: dict) -> dict:
-        return asking.ask(self, step, Context(**context))
+        return asking.ask(self, step, self._ctx(context))
+
+    def ask_in_order(self, step, context: dict, prior: dict, turn: int) -> dict | None:
+        """`ask ... in order`, on the shard whose turn it is (ordered.py)."""
+        return ordered.ask_in_order(self, step, self._ctx(context), prior, turn)
 
     def memory_of(self, local: int) -> list:
         return self.memory.of(local)
 
     def tell(self, step, context: dict) -> int:
         """Deliver a message into the memory of this shard's receivers; return how many got it."""
-        ctx = Context(**context)
+        ctx = self._ctx(context)
         frame = self.frame()
         target = step.target
         if target.kind == "agent":
@@ -252,23 +277,46 @@ class Shard:
         return len(self.ids)
 
     def set_state(self, step, context: dict) -> int:
-        ctx = Context(**context)
+        ctx = self._ctx(context)
         frame = self.frame()
         mask = self.mask(step.where, frame, ctx)
         value = evaluate(step.value, frame, ctx)
         column = self.columns[step.field]
         new = np.asarray(value)[mask] if is_vector(value) else value
-        if step.operator == "=":
-            column[mask] = new
-        else:
-            old = column[mask]
-            column[mask] = {"+=": np.add, "-=": np.subtract, "*=": np.multiply, "/=": np.divide}[step.operator](old, new)
+        if step.operator != "=":
+            new = {"+=": np.add, "-=": np.subtract, "*=": np.multiply, "/=": np.divide}[step.operator](column[mask], new)
+        field = self.plan.populations[self.population].state.get(step.field)
+        if field is not None and ("min" in field.type or "max" in field.type):
+            new = checked_state(step.field, field, new if is_vector(new) else np.full(int(mask.sum()), new),
+                                self.ids[mask], f"line {step.span.line}" if step.span else "an update")
+        column[mask] = new
         return int(mask.sum())
 
     def partials(self, specs: list[dict], context: dict) -> list:
-        ctx = Context(**context)
+        ctx = self._ctx(context)
         frame = self.frame()
-        return [partial(spec, evaluate(spec["arg"], frame, ctx), len(self.ids)) for spec in specs]
+        return [self._partial(spec, frame, ctx) for spec in specs]
+
+    def _partial(self, spec: dict, frame: Frame, ctx: Context):
+        """One aggregate's partial over this shard's agents (those its `where` keeps)."""
+        values, ids, n = evaluate(spec["arg"], frame, ctx), self.ids, len(self.ids)
+        if "where" in spec:
+            keep = truth(evaluate(spec["where"], frame, ctx), n)
+            values = np.asarray(values)[keep] if is_vector(values) else values
+            ids, n = ids[keep], int(keep.sum())
+        return partial(spec, values, n, ids)
+
+    def keyed_partials(self, keys: list, specs: list[dict], context: dict) -> list:
+        """`record ... by`: per spec, per-group partials over this shard's agents (by_group.py)."""
+        return by_group.keyed_partials(keys, specs, self.frame(), self._ctx(context))
+
+    def snapshot(self) -> pa.Table:
+        """Every agent of this shard: id, kind, state fields and answers so far (`snapshot`)."""
+        pop = self.plan.populations[self.population]
+        columns = {"agent": pa.array(self.ids), "kind": pa.array(self.kind_column.tolist(), pa.string())}
+        for name in [*pop.state, *pop.outputs]:
+            columns[name] = arrow_values(self.columns[name], self.types[name])
+        return pa.table(columns)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, directory: str) -> str:
@@ -339,51 +387,3 @@ def write_texts(model, model_name: str, prompts: list[str], seed: int, usage: di
         for key in counts:
             counts[key] += getattr(log, key)
     return texts
-
-
-def _filled(ty: dict, value, n: int) -> np.ndarray:
-    kind = ty["kind"]
-    if kind == "int":
-        return np.full(n, value, dtype=np.int64)
-    if kind == "float":
-        return np.full(n, value, dtype=np.float64)
-    if kind == "bool":
-        return np.full(n, bool(value), dtype=bool)
-    arr = np.empty(n, dtype=object)
-    arr[:] = [value] * n if isinstance(value, (list, dict)) else value
-    return arr
-
-
-def _where() -> dict:
-    """The Ray node (id, IP) this process runs on inside a Ray actor; "local" for the local executor."""
-    import socket
-
-    where = {"node": "local", "ip": "", "host": socket.gethostname()}
-    ray = sys.modules.get("ray")  # never import Ray here: the local executor does without it
-    if ray is not None and ray.is_initialized():
-        context = ray.get_runtime_context()
-        if context.get_actor_id() is not None:
-            where["node"], where["ip"] = context.get_node_id(), ray.util.get_node_ip_address()
-    return where
-
-
-def _rss() -> int | None:
-    """This process's resident memory in bytes (Linux: /proc/self/statm, one small read), else None."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _reconstructed() -> bool:
-    try:
-        import warnings
-
-        import ray
-
-        with warnings.catch_warnings():  # the property warns about a deprecated call inside Ray itself
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed
-    except Exception:  # not inside a Ray actor (local executor): never a restart
-        return False

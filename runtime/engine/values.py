@@ -8,6 +8,8 @@ Python environment kinds' queries run here, in the driver, and travel to shards 
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from populace.compiler.plan.evaluate import EvalError, evaluate
@@ -40,7 +42,7 @@ class Values:
                 aggregates.update(self.aggregates(expr, variables))
         aggregates.update(self.queries(exprs, variables, step))
         context = {"variables": variables, "env": self.shared_env(), "aggregates": aggregates, "seed": self.plan.seed,
-                   "where": step.id + label}
+                   "where": step.id + label, "groups": dict(self.driver.regroups)}
         specs = [spec for expr in exprs if expr is not None for spec in environments.via_specs(expr)]
         if specs:
             aggregates.update(self.via_values(specs, dict(context, aggregates=dict(aggregates))))
@@ -56,7 +58,13 @@ class Values:
                 by_group.setdefault(self.plan.groups[spec["via"]["group"]].population, []).append(spec)
             else:
                 pop = self.plan.environments[spec["via"]["neighbors"]].population
-                values[agg_key(spec)] = concat(self.executor.call(pop, "column", spec["arg"], context))
+                if environments.self_refs(spec):  # each neighbour against the agent: gather what it reads
+                    wanted = environments.neighbour_columns(spec)
+                    values[agg_key(spec)] = {"columns": {name: concat(self.executor.call(pop, "column", col, context))
+                                                         for name, col in sorted(wanted.items())}}
+                else:
+                    values[agg_key(spec)] = concat(self.executor.call(pop, "column", spec["arg"], context,
+                                                                      spec.get("where")))
         for pop, group_specs in by_group.items():
             per_shard = self.executor.call(pop, "group_partials", group_specs, context)
             for i, spec in enumerate(group_specs):
@@ -114,30 +122,105 @@ class Values:
             unique = {agg_key(n): n for n in nodes}
             ordered = [unique[k] for k in sorted(unique)]
             context = {"variables": variables, "env": self.shared_env(), "aggregates": self.queries(nodes, variables, None),
-                       "seed": self.plan.seed, "where": ""}
+                       "seed": self.plan.seed, "where": "", "groups": dict(self.driver.regroups)}
             per_shard = self.executor.call(pop, "partials", ordered, context)
             for i, spec in enumerate(ordered):
                 values[agg_key(spec)] = combine(spec, [parts[i] for parts in per_shard])
         return values
 
-    def value(self, expr, variables, step):
+    def keyed_rows(self, step, variables) -> list[dict]:
+        """`record ... by k`: one row per value of the keys, each item's aggregates over that group's
+        agents (one keyed partials call per population; other values are the same in every row)."""
+        pop = step.by[0].value.get("pop") if isinstance(step.by[0].value, dict) else None
+        keys = [item.value for item in step.by]
+        specs = {}
+        for item in step.items:
+            for node in walk(item.value):
+                if "agg" in node and "via" not in node and node.get("pop") == pop:
+                    specs[agg_key(node)] = node
+        ordered = [specs[k] for k in sorted(specs)]
+        context = {"variables": variables, "env": self.shared_env(), "aggregates": self.queries(ordered, variables, None),
+                   "seed": self.plan.seed, "where": "", "groups": dict(self.driver.regroups)}
+        per_shard = self.executor.call(pop, "keyed_partials", keys, ordered, context) if ordered else []
+        combined = {agg_key(spec): groups.combine(spec, [parts[i] for parts in per_shard]) for i, spec in enumerate(ordered)}
+        if not ordered:  # only keys: the groups come from a count
+            count = {"agg": "count", "arg": {"lit": True}, "pop": pop, "params": {}}
+            per_shard = self.executor.call(pop, "keyed_partials", keys, [count], context)
+            combined["_keys"] = groups.combine(count, [parts[0] for parts in per_shard])
+        all_keys = sorted({k for c in combined.values() for k in c["keys"].tolist()}, key=_sortable)
+        rows = []
+        for key in all_keys:
+            # shards send one numeric key as itself, anything else as the JSON of the key values
+            values = json.loads(key) if isinstance(key, str) else [key]
+            row = {item.name: _plain(v) for item, v in zip(step.by, values)}
+
+            def found(node, key=key):
+                c = combined[agg_key(node)]
+                hit = np.flatnonzero(c["keys"] == key) if c["keys"].dtype != object else \
+                    [i for i, k in enumerate(c["keys"].tolist()) if k == key]
+                return _plain(c["values"][hit[0]]) if len(hit) else (0 if node["agg"] == "count" else None)
+
+            for item in step.items:
+                row[item.name] = self.value(item.value, variables, step, found if ordered else None, pop)
+            rows.append(row)
+        return rows
+
+    def value(self, expr, variables, step, keyed=None, keyed_pop=None):
+        """One value of `expr`; with `keyed`, the aggregates over `keyed_pop` come from it (a grouped record)."""
+        if keyed is not None:
+            aggregates = self.aggregates(_without_pop(expr, keyed_pop), variables)
+
+            def resolve(node):
+                if "agg" in node and "via" not in node and node.get("pop") == keyed_pop:
+                    return keyed(node)
+                return self._resolve(node, variables, step, aggregates)
+
+            try:
+                return evaluate(expr, resolve)
+            except EvalError as e:
+                raise RunFailed(e.message, step) from None
+        return self._value(expr, variables, step)
+
+    def _resolve(self, node, variables, step, aggregates):
+        if "var" in node:
+            return variables[node["var"]]
+        if "method" in node:
+            return self.method_here(node, variables, step)
+        if "env" in node:
+            return self.env[node["env"]][node["field"]]
+        if "agg" in node:
+            return aggregates[agg_key(node)]
+        raise EvalError(f"cannot evaluate {sorted(node)} here")
+
+    def _value(self, expr, variables, step):
         aggregates = self.aggregates(expr, variables)
-
-        def resolve(node):
-            if "var" in node:
-                return variables[node["var"]]
-            if "method" in node:
-                return self.method_here(node, variables, step)
-            if "env" in node:
-                return self.env[node["env"]][node["field"]]
-            if "agg" in node:
-                return aggregates[agg_key(node)]
-            raise EvalError(f"cannot evaluate {sorted(node)} here")
-
         try:
-            return evaluate(expr, resolve)
+            return evaluate(expr, lambda node: self._resolve(node, variables, step, aggregates))
         except EvalError as e:
             raise RunFailed(e.message, step) from None
+
+
+def _sortable(key):
+    return (0, key, "") if isinstance(key, (int, float)) else (1, 0, str(key))
+
+
+def _plain(v):
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def _without_pop(expr, pop):
+    """`expr` with the aggregates over `pop` taken out (a grouped record computes those per group)."""
+    if isinstance(expr, dict):
+        if "agg" in expr and "via" not in expr and expr.get("pop") == pop:
+            return {"lit": None}
+        return {k: _without_pop(v, pop) for k, v in expr.items()}
+    if isinstance(expr, list):
+        return [_without_pop(v, pop) for v in expr]
+    return expr
 
 
 def concat(parts: list) -> np.ndarray:

@@ -188,7 +188,60 @@ def via_aggregate(expr: dict, frame, ctx):
     if "group" in via:
         return groups.lookup(sent, frame.world.group_keys(via["group"]))
     offsets, neighbours = frame.world.adjacency(via["neighbors"], ctx)
+    if isinstance(sent, dict):  # the argument compares each neighbour with the agent itself
+        return network.reduce_edges(expr["agg"], edge_values(expr, sent, frame, ctx, offsets, neighbours),
+                                    offsets, expr["params"])
     return network.aggregate(expr["agg"], np.asarray(sent), offsets, neighbours, expr["params"])
+
+
+def self_refs(expr) -> bool:
+    """Does a neighbour aggregate's argument or filter read the agent's own fields (`self.x`)?"""
+    return any("col" in node and node.get("self") for node in walk([expr.get("arg"), expr.get("where")]))
+
+
+def neighbour_columns(expr) -> dict:
+    """The neighbours' fields a self-comparing neighbour aggregate reads: name -> column expression."""
+    return {node["col"]: {k: v for k, v in node.items() if k != "via"}
+            for node in walk([expr.get("arg"), expr.get("where")])
+            if "col" in node and not node.get("self") and node.get("src") != "builtin"}
+
+
+def _as_edges(expr):
+    """An argument evaluated per edge: the agent's own fields are the `self:` columns."""
+    if isinstance(expr, dict):
+        if "col" in expr and expr.get("self"):
+            return {"col": "self:" + expr["col"]}
+        return {k: _as_edges(v) for k, v in expr.items() if not (k == "via" and "col" in expr)}
+    if isinstance(expr, list):
+        return [_as_edges(v) for v in expr]
+    return expr
+
+
+def edge_values(expr: dict, sent: dict, frame, ctx, offsets: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """One value per edge (agent, neighbour) of the argument, missing where the filter does not keep it:
+    the neighbours' fields come from the gathered columns, the agent's own from its row."""
+    from populace.runtime.columns.vector import Frame, builtin, evaluate, truth
+
+    row = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    columns = {name: np.asarray(values)[neighbours] for name, values in sent["columns"].items()}
+    types = dict(frame.types)
+    for node in walk([expr.get("arg"), expr.get("where")]):
+        if "col" in node and node.get("self"):
+            own = builtin(node["col"], frame) if node.get("src") == "builtin" else frame.columns[node["col"]]
+            columns["self:" + node["col"]] = np.asarray(own)[row]
+            types["self:" + node["col"]] = frame.types.get(node["col"])
+    # ids are the neighbours' (their `id`); their kinds are not gathered
+    edges = Frame(columns=columns, ids=np.asarray(neighbours), types=types, world=frame.world)
+    values = evaluate(_as_edges(expr["arg"]), edges, ctx)
+    values = np.asarray(values) if is_vector(values) else np.full(len(row), values)
+    if "where" in expr:
+        keep = truth(evaluate(_as_edges(expr["where"]), edges, ctx), len(row))
+        if values.dtype == object:
+            values = values.copy()
+            values[~keep] = None
+        else:
+            values = np.where(keep, values.astype(np.float64), np.nan)
+    return values
 
 
 def method_value(expr: dict, frame, ctx, args: list):

@@ -38,11 +38,13 @@ def segment_quantiles(values: np.ndarray, segment: np.ndarray, segments: int, q:
     return out
 
 
-def group_keys(group, size: int, seed: int, ids: np.ndarray, columns: dict) -> np.ndarray:
-    """The group key of each of `ids` (agents of a population of `size`) in a plan Group."""
+def group_keys(group, size: int, seed: int, ids: np.ndarray, columns: dict, version: int = 0) -> np.ndarray:
+    """The group key of each of `ids` (agents of a population of `size`) in a plan Group; `version`
+    counts the `regroup`s so far: each draws a new random partition, the same on every shard."""
     if group.by_field is not None:
         return np.asarray(columns[group.by_field])
-    perm = np.random.Generator(np.random.Philox(key=[rng.key(seed, "group", group.name), 0])).permutation(size)
+    parts = ("group", group.name) if not version else ("group", group.name, version)
+    perm = np.random.Generator(np.random.Philox(key=[rng.key(seed, *parts), 0])).permutation(size)
     member_of = np.empty(size, dtype=np.int64)
     member_of[perm] = np.arange(size, dtype=np.int64) // int(group.size)
     return member_of[ids]

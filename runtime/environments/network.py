@@ -146,10 +146,13 @@ def rows(graph, start: int, stop: int):
 
 def aggregate(fn: str, values: np.ndarray, offsets: np.ndarray, neighbours: np.ndarray, params: dict):
     """Per agent, an aggregate of `values` (one per agent of the population) over its neighbours."""
+    return reduce_edges(fn, values[neighbours], offsets, params)
+
+
+def reduce_edges(fn: str, vals: np.ndarray, offsets: np.ndarray, params: dict):
+    """Per agent (CSR row), an aggregate of `vals`, one value per edge of the rows (missing: skipped)."""
     n = len(offsets) - 1
-    degree = np.diff(offsets)
-    row = np.repeat(np.arange(n), degree)
-    vals = values[neighbours]
+    row = np.repeat(np.arange(n), np.diff(offsets))
     if vals.dtype == object:
         present = np.array([v is not None for v in vals.tolist()], dtype=bool)
         if fn == "count":

@@ -3,6 +3,6 @@
 classic.py holds the examples' policies (level-k, conditional cooperation, ...); paper.py the seed
 paper's stand-ins for three LLMs (`populace.runtime.policies.paper:model_a`).
 """
-from .classic import conditional_cooperation, debater, el_farol, level_k, rumor, trader
+from .classic import cascade, conditional_cooperation, debater, el_farol, level_k, rumor, trader
 
-__all__ = ["conditional_cooperation", "debater", "el_farol", "level_k", "rumor", "trader"]
+__all__ = ["cascade", "conditional_cooperation", "debater", "el_farol", "level_k", "rumor", "trader"]

@@ -7,6 +7,8 @@ round by round as in the AgentScope paper's runs.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 # Depth of reasoning by field of study: how many times a student applies "2/3 of what others do".
@@ -177,3 +179,21 @@ def trader(batch) -> np.ndarray:
 
 
 trader.populace_batch = True
+
+
+_BEFORE = re.compile(r"(\d+) chose A and (\d+) chose B")
+
+
+def cascade(agent: dict) -> str:
+    """Information cascades (Bikhchandani, Hirshleifer & Welch, 1992): a Bayesian guesser of the urn.
+
+    The agent holds a private signal (state `signal`, "A" or "B") and is told, in its prompt, how
+    many before it chose each urn ("... 3 chose A and 1 chose B"). With signals of equal accuracy
+    the posterior is decided by the count of choices plus its own signal: it chooses the side with
+    more, and its own signal on a tie. Once one side leads by two, every later agent herds.
+    """
+    found = _BEFORE.search(agent["prompt"])
+    a, b = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+    signal = agent["state"]["signal"]
+    lead = a - b + (1 if signal == "A" else -1)
+    return "A" if lead > 0 else "B" if lead < 0 else signal

@@ -85,7 +85,7 @@ def write_tables(run_dir: str, plan) -> list[str]:
         ids = list(dict.fromkeys(r["step"] for r in rows))
         items: dict[str, s.RecordItem] = {}
         for i in ids:
-            for item in steps[i].items:
+            for item in (*steps[i].by, *steps[i].items):  # `by` keys first: a grouped table reads key, values
                 items.setdefault(item.name, item)
         # The loop variables (outermost first), then the `let` values a row also holds, as written.
         variables = list(dict.fromkeys([v for i in ids for v in loops.get(i, [])]
