@@ -27,7 +27,8 @@ KINDS: dict[str, dict[str, tuple]] = {
     "network": {"population": ("population", True, None), "generator": ("generator", False, None),
                 "edges": (str, False, None), "directed": (bool, False, False)},
     "grid": {"population": ("population", True, None), "width": (int, True, None), "height": (int, True, None),
-             "torus": (bool, False, True), "neighborhood": (str, False, "moore"), "radius": (int, False, 1)},
+             "torus": (bool, False, True), "neighborhood": (str, False, "moore"), "radius": (int, False, 1),
+             "occupancy": (str, False, None)},  # None: "many" (agents may share a cell)
 }
 _POSITIONAL = {"chatroom": ("members",), "network": ("population", "generator"), "grid": ("population",)}
 
@@ -105,7 +106,24 @@ def lower_kind(ctx, decl: n.EnvironmentDecl) -> dict:
     if kind == "network" and "generator" not in out["params"] and "edges" not in out["params"]:
         ctx.error("E1030", span, "a network needs a generator or an edge list",
                   hint="e.g. network(people, small_world(k = 10, p = 0.1)) or network(people, edges = \"edges.csv\")")
+    if kind == "grid":
+        _check_occupancy(ctx, decl, out)
     return out
+
+
+def _check_occupancy(ctx, decl, out: dict) -> None:
+    """`occupancy = "one"`: at most one agent per cell, so the grid must have a cell for each."""
+    params = out["params"]
+    occupancy = params.get("occupancy") or "many"
+    span = next((a.value.span for a in decl.kind_args if a.name == "occupancy"), decl.span)
+    if occupancy not in ("one", "many"):
+        ctx.error("E1030", span, f"occupancy is \"one\" (at most one agent per cell) or \"many\", not {occupancy!r}")
+        return
+    pop = ctx.populations.get(out.get("population") or "", {})
+    cells = params.get("width", 0) * params.get("height", 0)
+    if occupancy == "one" and pop and pop["size"] > cells:
+        ctx.error("E1030", span, f"{pop['size']:,} agents cannot have a cell each on a grid of {cells:,} cells",
+                  hint="make the grid larger, or occupancy = \"many\"")
 
 
 def find_extension(ctx, kind: str, span):
@@ -206,12 +224,12 @@ def _generator(ctx, e: n.Expr) -> dict:
 # kind -> method -> (argument kinds, result type); "column:str" means one str per agent of the members
 METHODS: dict[str, dict[str, tuple]] = {
     "chatroom": {"post": (("column:str",), NONE), "recent": (("int",), list_of(STR))},
-    "grid": {"move": (("column:str",), NONE)},
+    "grid": {"move": (("column:str",), NONE), "move_to_empty": (("column:bool",), NONE), "x": ((), INT), "y": ((), INT)},
     "network": {"degree": ((), INT)},
     "board": {},
 }
-STATEMENTS = {("chatroom", "post"), ("grid", "move")}  # the built-in methods that are statements
-PER_AGENT = {("network", "degree")}  # the built-in methods that give one value per agent
+STATEMENTS = {("chatroom", "post"), ("grid", "move"), ("grid", "move_to_empty")}  # the built-in methods that are statements
+PER_AGENT = {("network", "degree"), ("grid", "x"), ("grid", "y")}  # the built-in methods that give one value per agent
 
 
 def python_type(t) -> Ty:
@@ -267,7 +285,16 @@ def method_type(checker, e: n.Call, env: str, kind: str, method: str, statement:
     pop = checker.ctx.environments[env].get("population")
     irs = []
     for arg, want in zip(e.args, arg_kinds):
-        ty, ir = checker.expr(arg.value)
+        value = arg.value
+        if want == "column:bool" and isinstance(value, n.Filtered) and isinstance(value.value, n.Name) \
+                and value.value.id == pop:
+            # `world.move_to_empty(players where COND)`: COND in each agent's view (self., neighbours)
+            from .expressions import Checker, Scope
+
+            ty, ir = Checker(checker.ctx, Scope("agent", pop=pop, variables=dict(checker.scope.variables))).expr(value.where)
+            ty = ty.column(pop) if not ty.per_agent else ty
+        else:
+            ty, ir = checker.expr(value)
         if isinstance(want, str) and want.startswith("column:"):
             kind_wanted = want.split(":", 1)[1]
             ok_kinds = ("str", "enum", "any") if kind_wanted == "str" else \

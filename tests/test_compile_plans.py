@@ -23,7 +23,7 @@ from populace.compiler.plan.evaluate import BINARY
 ROOT = Path(__file__).resolve().parent.parent
 COMPILE = ROOT / "tests" / "fixtures" / "compile"
 CASES = sorted(COMPILE.glob("*.pop"))
-EXAMPLES = sorted((ROOT / "examples").glob("*.pop"))
+EXAMPLES = sorted((ROOT / "examples").glob("*.pop")) + sorted((ROOT / "examples" / "models").glob("*.pop"))
 SCHEMA = json.loads((ROOT / "compiler" / "plan" / "schemas" / "plan.v1.json").read_text(encoding="utf-8"))
 FLAGSHIP = "examples/guess_two_thirds.pop"
 

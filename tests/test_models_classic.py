@@ -161,3 +161,36 @@ def test_each_kind_of_a_mixture_starts_with_its_own_values(tmp_path, executor, s
     assert checks.rich == int((a.wealth > 15).sum())  # B's wealth starts at 0
     snapshot_free = result.asks["said"]
     assert len(snapshot_free) == 101
+
+
+# ---------------------------------------------------------------- Schelling's segregation
+@pytest.fixture(scope="module")
+def towns(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("schelling")
+    runs = {w: run(tmp / str(w), "schelling", side=30, wanted=w) for w in (0.0, 0.3, 0.8)}
+    runs["ray"] = run(tmp, "schelling", "ray", 2, side=30, wanted=0.3)
+    return runs
+
+
+def test_mild_preferences_sort_the_town(towns):
+    m = towns[0.3].metrics
+    assert 0.45 < m.similar.iloc[0] < 0.55  # a random town: about half of one's neighbours are alike
+    assert m.similar.iloc[-1] > 0.7  # after the moves, about three quarters (NetLogo: 70-75%)
+    assert m.unhappy.iloc[-1] == 0 and len(m) < 30  # it settles, and the loop breaks
+    nobody = towns[0.0].metrics
+    assert len(nobody) == 1 and nobody.unhappy.iloc[0] == 0  # nobody minds: nobody moves
+    picky = towns[0.8].metrics
+    assert len(picky) == 30 and (picky.unhappy > 0.5).all()  # too picky to ever settle
+
+
+def test_one_resident_per_cell_and_a_picture_per_cell(towns):
+    agents = towns[0.3].agents["residents"]
+    assert len(agents) == 810 and not agents.duplicated(["town_x", "town_y"]).any()
+    assert agents.town_x.between(0, 29).all() and agents.town_y.between(0, 29).all()
+    picture = agents.assign(red=agents.kind == "Red").pivot_table(index="town_y", columns="town_x", values="red")
+    assert picture.shape == (30, 30) and picture.isna().sum().sum() == 900 - 810  # the empty cells
+
+
+def test_schelling_on_ray_matches_local(towns):
+    pd.testing.assert_frame_equal(towns["ray"].metrics, towns[0.3].metrics)
+    pd.testing.assert_frame_equal(towns["ray"].agents["residents"], towns[0.3].agents["residents"])

@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pyarrow as pa
 
 from populace.compiler.plan import steps as s
 from populace.compiler.plan.extensions import Each, ExtensionError
 from populace.runtime.environments import builtin as environments
+from populace.runtime.columns import rng
 from populace.runtime.store import latency
 from populace.runtime.store.rundir import ask_file, partition_dir
 
@@ -91,6 +93,15 @@ def call(driver, step: s.Call, variables, label, depth=0):
         values["_positions"] = cells.tolist()
         values["_moves"] = values.get("_moves", 0) + 1
         agents = len(moves)
+    elif env.kind == "grid" and step.method == "move_to_empty":
+        movers = np.concatenate([np.asarray(part, dtype=object) for part in
+                                 driver.executor.call(pop, "column", step.args[0], context)])
+        movers = np.array([bool(m) if m is not None and m == m else False for m in movers.tolist()], dtype=bool)
+        old = np.asarray(values["_positions"], dtype=np.int64)
+        cells = environments.move_to_empty(env, old, movers, rng.key(driver.plan.seed, "move_to_empty", step.id + label))
+        values["_positions"] = cells.tolist()
+        values["_moves"] = values.get("_moves", 0) + 1
+        agents = int((cells != old).sum())
     else:
         raise RunFailed(f"`{step.env}.{step.method}` is not a statement", step)
     driver.emit({"type": "step_finished", "step": step.id, "iteration": label, "op": "call", "population": pop,
@@ -260,5 +271,14 @@ def snapshot(driver, step: s.Snapshot, variables, label, depth=0):
     """`snapshot POP`: every agent's id, kind, state and answers, as `agents/POP/<iteration>/part-0.parquet`."""
     folder = partition_dir(label)
     path = f"agents/{step.population}/" + (f"{folder}/" if folder else "") + "part-0.parquet"
-    driver.run_dir.write_tables(path, driver.executor.call(step.population, "snapshot"))
+    tables = driver.executor.call(step.population, "snapshot")
+    for env in driver.plan.environments.values():  # where each agent stands, for pictures of a grid
+        if env.kind == "grid" and env.population == step.population:
+            cells = np.asarray(driver.env[env.name]["_positions"], dtype=np.int64)
+            width = env.params["width"]
+            for i, table in enumerate(tables):
+                at = cells[table.column("agent").to_numpy()]
+                tables[i] = table.append_column(f"{env.name}_x", pa.array(at % width)) \
+                                 .append_column(f"{env.name}_y", pa.array(at // width))
+    driver.run_dir.write_tables(path, tables)
     driver.emit({"type": "snapshot", "step": step.id, "iteration": label, "population": step.population, "file": path})

@@ -81,7 +81,8 @@ def check_plan(plan) -> list[str]:
                                 f"`{step.target.group or step.target.env}` (`{step.target.population}`)")
         if isinstance(step, s.Call):
             kind = plan.environments[step.env].kind
-            if kind != "python" and (kind, step.method) not in (("chatroom", "post"), ("grid", "move")):
+            if kind != "python" and (kind, step.method) not in (("chatroom", "post"), ("grid", "move"),
+                                                                 ("grid", "move_to_empty")):
                 problems.append(f"{step.id}: `{step.env}.{step.method}` is not a statement")
     for env in plan.environments.values():
         if env.kind == "network" and env.params.get("edges"):
@@ -110,11 +111,16 @@ def initial_values(plan, env) -> dict:
 
 # ------------------------------------------------------------------ grids
 def grid_positions(plan, env) -> list:
-    """Start cells: agent i at a cell drawn from the seed; several agents may share a cell."""
+    """Start cells: agent i at a cell drawn from the seed; several agents may share a cell, unless
+    `occupancy = "one"`: then the agents take the first cells of a seeded shuffle of all cells."""
     from populace.runtime.columns import rng
 
     n = plan.populations[env.population].size
     ids = np.arange(n, dtype=np.int64)
+    if env.params.get("occupancy") == "one":
+        cells = np.arange(env.params["width"] * env.params["height"], dtype=np.int64)
+        shuffled = cells[np.argsort(rng.uniforms(cells, rng.key(plan.seed, "grid", env.name, "cells")), kind="stable")]
+        return shuffled[:n].tolist()
     x = (rng.uniforms(ids, rng.key(plan.seed, "grid", env.name, "x")) * env.params["width"]).astype(np.int64)
     y = (rng.uniforms(ids, rng.key(plan.seed, "grid", env.name, "y")) * env.params["height"]).astype(np.int64)
     return (y * env.params["width"] + x).tolist()
@@ -131,6 +137,26 @@ def move(env, cells: np.ndarray, moves: list) -> np.ndarray:
     else:
         x, y = np.clip(x, 0, width - 1), np.clip(y, 0, height - 1)
     return y * width + x
+
+
+def move_to_empty(env, cells: np.ndarray, movers: np.ndarray, key) -> np.ndarray:
+    """The agents where `movers` is true each go to a free cell (one no agent stood on before the
+    move), drawn from `key`: distinct cells for distinct movers. With fewer free cells than movers,
+    a random choice of movers moves and the others stay. Cells the movers leave are free only from
+    the next move on (all move at once, unlike one-after-another schemes)."""
+    from populace.runtime.columns import rng
+
+    total = env.params["width"] * env.params["height"]
+    who = np.flatnonzero(movers)
+    free = np.flatnonzero(np.bincount(cells, minlength=total) == 0).astype(np.int64)
+    if not len(who) or not len(free):
+        return cells
+    free = free[np.argsort(rng.uniforms(free, key), kind="stable")]
+    if len(free) < len(who):
+        who = np.sort(who[np.argsort(rng.uniforms(who.astype(np.int64), rng.key(key, "movers")), kind="stable")][:len(free)])
+    out = cells.copy()
+    out[who] = free[:len(who)]
+    return out
 
 
 def grid_adjacency(env, cells: np.ndarray, start: int, stop: int):
@@ -199,6 +225,13 @@ def self_refs(expr) -> bool:
     return any("col" in node and node.get("self") for node in walk([expr.get("arg"), expr.get("where")]))
 
 
+def kinds_of(pop, ids: np.ndarray) -> np.ndarray:
+    """The agent kind of each id: a mixture's kinds hold contiguous id ranges."""
+    starts = np.array([part.start for part in pop.mixture], dtype=np.int64)
+    names = np.array([part.agent for part in pop.mixture], dtype=object)
+    return names[np.searchsorted(starts, ids, side="right") - 1]
+
+
 def neighbour_columns(expr) -> dict:
     """The neighbours' fields a self-comparing neighbour aggregate reads: name -> column expression."""
     return {node["col"]: {k: v for k, v in node.items() if k != "via"}
@@ -230,8 +263,9 @@ def edge_values(expr: dict, sent: dict, frame, ctx, offsets: np.ndarray, neighbo
             own = builtin(node["col"], frame) if node.get("src") == "builtin" else frame.columns[node["col"]]
             columns["self:" + node["col"]] = np.asarray(own)[row]
             types["self:" + node["col"]] = frame.types.get(node["col"])
-    # ids are the neighbours' (their `id`); their kinds are not gathered
-    edges = Frame(columns=columns, ids=np.asarray(neighbours), types=types, world=frame.world)
+    # ids are the neighbours' (their `id`); their kinds follow from the ids (mixture parts are id ranges)
+    edges = Frame(columns=columns, ids=np.asarray(neighbours), types=types, world=frame.world,
+                  kinds=kinds_of(frame.world.plan.populations[frame.world.population], np.asarray(neighbours)))
     values = evaluate(_as_edges(expr["arg"]), edges, ctx)
     values = np.asarray(values) if is_vector(values) else np.full(len(row), values)
     if "where" in expr:
@@ -257,6 +291,10 @@ def method_value(expr: dict, frame, ctx, args: list):
     if method == "degree":
         offsets, _ = frame.world.adjacency(env, ctx)
         return np.diff(offsets).astype(np.int64)
+    if method in ("x", "y"):  # a grid cell's column (0 .. width-1) and row (0 .. height-1)
+        width = frame.world.plan.environments[env].params["width"]
+        cells = np.asarray(ctx.env[env]["_positions"], dtype=np.int64)[frame.ids]
+        return cells % width if method == "x" else cells // width
     raise EvalError(f"`{env}.{method}(...)` is a statement, not a value")
 
 
