@@ -119,6 +119,14 @@ def sample_personas(plan: dict, population: str, n: int, write=None, environ=os.
     pop = plan["populations"][population]
     persona = plan["personas"][pop["persona"]]
     seed = plan["scenario"]["seed"]
+    own = [plan["agents"][part["agent"]]["persona"] for part in pop["mixture"]]
+    if len(set(own)) > 1:  # kinds with personas of their own (none of them has written fields)
+        columns, types = personas.sample_kinds(
+            [from_json(Persona, plan["personas"][p]) if p else None for p in own],
+            [(part["start"], part["start"] + part["count"]) for part in pop["mixture"]], 0, min(n, pop["size"]), seed)
+        fields = [f for p in dict.fromkeys(own) if p for f in plan["personas"][p]["fields"]]
+        merged = dict(persona, name=" + ".join(p for p in dict.fromkeys(own) if p), fields=fields)
+        return Sampled(population, merged["name"], columns, types, {})
     if written:
         drop = {f["name"]: unavailable_models(plan, persona, environ)[f["model"]] for f in persona["fields"]
                 if f["kind"] == "write" and f["model"] in unavailable_models(plan, persona, environ)}

@@ -932,14 +932,29 @@ def check_populations(ctx: Context) -> None:
         for (agent, w), count in zip(kinds, counts):
             mixture.append({"agent": agent, "share": w / (sum(x for _, x in kinds) or 1), "start": start, "count": count})
             start += count
-        personas = {ctx.agents[a]["persona"] for a, _ in kinds}
-        if len(personas) > 1:
-            ctx.error("E1028", decl.span, "the agent kinds of one population must share one persona",
-                      hint=f"they use {', '.join(sorted(str(p) for p in personas))}; declare one persona, or several populations")
-        persona = next(iter(personas)) if len(personas) == 1 else None
+        # Kinds may have personas of their own: the population sees every field of them (missing for
+        # an agent whose persona lacks it); a field two personas share must have one type.
+        own = list(dict.fromkeys(ctx.agents[a]["persona"] for a, _ in kinds))
+        persona = own[0] if own else None
         fields: dict[str, FieldInfo] = {}
-        for fname, fty in ctx.persona_fields.get(persona, {}).items():
-            fields[fname] = FieldInfo(fty, "persona", decl.span)
+        for p in own:
+            for fname, fty in ctx.persona_fields.get(p, {}).items():
+                if fname in fields and fields[fname].ty != fty:
+                    joined = _join_field_types(fields[fname].ty, fty)
+                    if joined is None:
+                        ctx.error("E1028", decl.span, f"persona field `{fname}` is {describe(fields[fname].ty)} in one "
+                                  f"kind's persona and {describe(fty)} in `{p}`",
+                                  hint="give the field one type in every persona of the mixture, or another name")
+                    else:
+                        fields[fname] = FieldInfo(joined, "persona", decl.span)
+                fields.setdefault(fname, FieldInfo(fty, "persona", decl.span))
+        if len(own) > 1:
+            written = [p for p in own if p and any(f.get("kind") == "write"
+                                                   for f in ctx.plan["personas"].get(p, {}).get("fields", []))]
+            if written:
+                ctx.error("E1028", decl.span, f"persona `{written[0]}` has text written by a model, and the kinds of "
+                          "this mixture have different personas: not supported yet",
+                          hint="give the kinds one persona, or put them in populations of their own")
         state_types: dict[str, dict] = {}
         for agent, _ in kinds:
             for sname, st in ctx.agents[agent]["state"].items():
@@ -976,6 +991,18 @@ def check_populations(ctx: Context) -> None:
                 continue
             fields[sname] = FieldInfo(st["type"], "state", st["span"])
         ctx.population_fields["agent:" + agent] = fields
+
+
+def _join_field_types(a: Ty, b: Ty) -> Ty | None:
+    """One type for a persona field two kinds' personas both have: the same kind, the ranges (or
+    enum values) joined; None when the kinds differ (a number in one, text in the other)."""
+    if a.kind != b.kind or a.kind in ("list", "record"):
+        return None
+    if a.kind == "enum":
+        return Ty("enum", values=tuple(dict.fromkeys(a.values + b.values)))
+    low = None if a.low is None or b.low is None else min(a.low, b.low)
+    high = None if a.high is None or b.high is None else max(a.high, b.high)
+    return Ty(a.kind, low=low, high=high)
 
 
 def _apportion(total: int, weights: list[float]) -> list[int]:

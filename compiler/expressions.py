@@ -440,7 +440,7 @@ class Checker:
         if name not in SCALAR_FUNCTIONS:
             self.ctx.error("E1013", e.func.span, f"unknown function `{name}`",
                            hint=did_you_mean(name, SCALAR_FUNCTIONS + AGGREGATES) or
-                           "functions: " + ", ".join(sorted(SCALAR_FUNCTIONS + AGGREGATES)))
+                           "functions: " + ", ".join(sorted(set(SCALAR_FUNCTIONS + AGGREGATES))))
             return BAD
         lo, hi = _FN_ARITY.get(name, (0, 99))
         if any(a.name or a.key for a in e.args):

@@ -194,3 +194,21 @@ def test_one_resident_per_cell_and_a_picture_per_cell(towns):
 def test_schelling_on_ray_matches_local(towns):
     pd.testing.assert_frame_equal(towns["ray"].metrics, towns[0.3].metrics)
     pd.testing.assert_frame_equal(towns["ray"].agents["residents"], towns[0.3].agents["residents"])
+
+
+@pytest.mark.parametrize("executor,shards", [("local", 1), ("ray", 3)])
+def test_kinds_of_a_mixture_may_have_personas_of_their_own(tmp_path, executor, shards, ray_session):
+    result = populace.run(str(ROOT / "tests" / "fixtures" / "run" / "mixture_personas.pop"), executor=executor,
+                          shards=shards, run_dir=str(tmp_path / "run"))
+    assert result.status == "finished", result.summary.get("error")
+    people = result.personas.set_index("agent")
+    young, old = people.loc[:39], people.loc[40:]  # 40% Y first, then O
+    assert young.age.between(18, 30).all() and old.age.between(60, 90).all()
+    assert young.pension.isna().all() and old.pension.between(1000, 2000).all()
+    assert old.mood.isna().all() and young.mood.between(0, 1).all()
+    m = result.metrics.set_index("kind")
+    assert m.loc["Y", "age"] == pytest.approx(young.age.mean()) and m.loc["O", "n"] == 60
+    assert np.isnan(m.loc["Y", "pension"]) and m.loc["O", "pension"] == pytest.approx(old.pension.mean())
+    local = populace.run(str(ROOT / "tests" / "fixtures" / "run" / "mixture_personas.pop"), executor="local",
+                         run_dir=str(tmp_path / "local"))
+    pd.testing.assert_frame_equal(result.personas, local.personas)

@@ -80,7 +80,8 @@ def test_run_directory_loads_in_one_line(flagship_runs):
     # reuse per (age, major): one background per combination
     assert personas.groupby(["age", "major"])["background"].nunique().max() == 1
     round1 = pd.read_parquet(run_dir / "asks" / "ask.guess" / "round=1" / "part-0.parquet")
-    assert list(round1.columns) == ["agent", "prompt_hash", "reply", "value", "error"]
+    assert list(round1.columns) == ["agent", "kind", "prompt_hash", "reply", "value", "error"]
+    assert set(round1["kind"]) == {"Player"}
     assert round1["agent"].tolist() == list(range(3000))
     assert round1["error"].isna().all() and round1["value"].between(0, 100).all()
     assert pd.read_json(run_dir / "metrics.jsonl", lines=True)["round"].tolist() == [1, 2, 3]

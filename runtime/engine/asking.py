@@ -75,6 +75,7 @@ def ask(shard, step, ctx, only: int | None = None) -> dict:
     sel_all = np.concatenate(value_index) if value_index else np.zeros(0, dtype=np.int64)
     summary["table"] = pa.table({
         "agent": pa.array(np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64), pa.int64()),
+        "kind": pa.array(shard.kind_column[sel_all].tolist(), pa.string()).dictionary_encode(),
         "prompt_hash": pa.array(np.concatenate(hash_parts) if hash_parts else np.zeros(0, np.int64), pa.int64()),
         "reply": pa.array(reply_parts, pa.string()),
         "value": arrow_values(column[sel_all], out_type),

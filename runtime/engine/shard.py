@@ -43,11 +43,17 @@ class Shard:
         self.ids = np.arange(start, stop, dtype=np.int64)
         self.models: dict = {}
         self.write_usage: dict = {}
-        persona = plan.personas.get(pop.persona) if pop.persona else None
-        self.columns = personas.sample(persona, start, stop, self.seed, write=self._write,
-                                       known=self.options.get("persona_texts"))
+        own = [plan.agents[part.agent].persona for part in pop.mixture]
+        if len(set(own)) > 1:  # the kinds of this mixture have personas of their own
+            self.columns, self.types = personas.sample_kinds(
+                [plan.personas.get(p) if p else None for p in own],
+                [(part.start, part.start + part.count) for part in pop.mixture], start, stop, self.seed)
+        else:
+            persona = plan.personas.get(pop.persona) if pop.persona else None
+            self.columns = personas.sample(persona, start, stop, self.seed, write=self._write,
+                                           known=self.options.get("persona_texts"))
+            self.types = personas.column_types(persona)
         self.persona_fields = list(self.columns)
-        self.types = personas.column_types(persona)
         # Agent kinds: mixture parts are contiguous id ranges.
         self.kinds = []  # (agent name, local slice)
         for part in pop.mixture:

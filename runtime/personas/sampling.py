@@ -238,3 +238,32 @@ def read_table(path: str) -> list[dict]:
         _TABLES[path] = rows
     return _TABLES[path]
 
+
+
+def sample_kinds(personas: list, parts: list, start: int, stop: int, seed: int) -> tuple[dict, dict]:
+    """Columns and types for agents [start, stop) of a mixture whose kinds have personas of their
+    own: `personas[i]` (a plan Persona, or None) for the agents of `parts[i]` = (first id, end id).
+    A field that a kind's persona lacks is missing for its agents. Each kind samples as a
+    population of that persona would over the same ids, so the values never depend on shards."""
+    types: dict = {}
+    for persona in personas:
+        for name, ty in column_types(persona).items():
+            types.setdefault(name, ty)
+    n = stop - start
+    columns = {name: (np.full(n, np.nan) if ty.get("kind") in ("int", "float", "bool") else np.full(n, None, dtype=object))
+               for name, ty in types.items()}
+    for persona, (lo, hi) in zip(personas, parts):
+        lo, hi = max(lo, start), min(hi, stop)
+        if lo >= hi or persona is None:
+            continue
+        for name, values in sample(persona, lo, hi, seed).items():
+            column = columns[name]
+            if column.dtype != object and np.asarray(values).dtype == object:
+                column = columns[name] = column.astype(object)
+            column[lo - start:hi - start] = values
+    for name, column in columns.items():  # whole numbers stay whole where no kind lacks them
+        if types[name].get("kind") == "int" and column.dtype != object and not np.isnan(column).any():
+            columns[name] = column.astype(np.int64)
+        elif types[name].get("kind") == "bool" and column.dtype != object and not np.isnan(column).any():
+            columns[name] = column.astype(bool)
+    return columns, types
