@@ -515,7 +515,7 @@ COMMANDS["resume"] = cmd_resume
 
 
 def cmd_sweep(args) -> int:
-    from populace.runtime.engine.sweep import SweepError, parse_grid, run_sweep, split_sets
+    from populace.cli.sweep import SweepError, parse_grid, run_sweep, split_sets
 
     if args.shards is not None and args.shards < 1:
         print("error: --shards must be at least 1", file=sys.stderr)

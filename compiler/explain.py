@@ -406,8 +406,12 @@ class _Explainer:
         pop = self.plan["populations"][step["population"]]
         out = step["output"]
         where = f" where {self.text(step['where'])}" if step["where"] else ""
-        self.lines.append(f"{pad}ask {step['population']}{where} -> {out['name']}: {describe(from_json(out['type']))}  "
+        order = " in order" if step.get("in_order") else ""
+        self.lines.append(f"{pad}ask {step['population']}{order}{where} -> {out['name']}: {describe(from_json(out['type']))}  "
                           f"[line {step['span']['line']}]")
+        if step.get("in_order"):  # sequential: the time is the calls one after another, not in flight
+            self.lines.append(f"{pad}  one agent after another: {pop['size']:,} calls in a row (no calls in flight "
+                              "together), each agent seeing the answers before it")
         some = " (at most)" if step["where"] or not exact else ""
         for kind in pop["mixture"]:
             agent = self.plan["agents"][kind["agent"]]

@@ -424,7 +424,7 @@ class Checker:
             return self._aggregate(e, name)
         if name == "neighbors":
             self.ctx.error("E1037", e.span, "neighbors(...) is a set of agents: aggregate a field of it",
-                           hint="e.g. share(neighbors(net).believes)")
+                           hint="e.g. share(neighbors(net).believes), count(neighbors(net) where neighbors(net).x > 0)")
             return BAD
         if name in self.ctx.environments:
             self.ctx.error("E1013", e.func.span, f"`{name}` is an environment, not a function")
@@ -543,6 +543,11 @@ class Checker:
         condition = None
         if isinstance(first, n.Filtered):
             first, condition = first.value, first.where
+        if name == "count" and condition is not None and isinstance(first, n.Call) and isinstance(first.func, n.Name) \
+                and first.func.id == "neighbors":
+            # count(neighbors(net) where COND): the neighbours for whom COND holds, i.e. count(COND)
+            return self._aggregate(n.Call(func=e.func, args=(n.Arg(value=condition, span=condition.span),),
+                                          span=e.span), name)
         via = None
         agents_of = None  # count(players ...): the population itself, no field
         if isinstance(first, n.Name) and first.id in self.ctx.populations and first.id not in self.scope.variables:

@@ -253,7 +253,8 @@ def diagnose_unexpected(e: UnexpectedInput, file: str, text: str, parser: Lark, 
                           hint="names are written without quotes")
     hint = ""
     if tok.type == "_NL":
-        hint = "the line ends before this is complete; an expression may wrap only inside ( ) or [ ]"
+        hint = ("the line ends before this is complete; a line goes on after a comma, an operator or an open "
+                "bracket, not after `=`: write the value on the same line")
     elif "_NL" in expected:
         hint = "one item per line: start a new line before this"
     return Diagnostic(code="E0004", message=f"unexpected {found}", span=span, label=f"expected {want}", hint=hint)

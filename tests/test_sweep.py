@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from populace.cli.main import main
-from populace.runtime.engine.sweep import SweepError, parse_grid, plan_runs, replicate_seed
+from populace.cli.sweep import SweepError, parse_grid, plan_runs, replicate_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "tests" / "fixtures" / "sweep" / "tiny.pop"
@@ -134,7 +134,7 @@ def test_sweep_on_one_shared_ray(tmp_path, ray_session, local_sweep, parallel):
 
 
 def test_a_stopped_run_ends_a_sequential_sweep(tmp_path, monkeypatch):
-    from populace.runtime.engine import sweep
+    from populace.cli import sweep
 
     real = sweep.execute_run
 
@@ -159,7 +159,7 @@ def test_ctrl_c_stops_the_runs_in_progress_of_a_parallel_sweep_on_ray(tmp_path, 
     import threading
     import time
 
-    from populace.runtime.engine import sweep
+    from populace.cli import sweep
 
     slow = tmp_path / "slow.pop"
     slow.write_text(TINY.read_text().replace("  provider = mock\n", "  provider = mock\n  latency = 200ms\n"))
@@ -188,7 +188,7 @@ def test_ctrl_c_stops_the_runs_in_progress_of_a_parallel_sweep_on_ray(tmp_path, 
 def test_after_ctrl_c_no_new_run_starts(tmp_path):
     """A worker may already hold the next run when Ctrl-C comes: the sweep's stop mark makes it a
     skipped run (and a run in progress stops at its next step); sweep.json says skipped, not pending."""
-    from populace.runtime.engine import sweep
+    from populace.cli import sweep
 
     runs = sweep.plan_runs({"players": ["10"]}, 1, 11, str(tmp_path))
     open(sweep._stop_mark(runs[0]), "w").close()

@@ -11,6 +11,8 @@ import os
 import threading
 import time
 
+from populace.runtime.models.leases import make_pools
+
 from .shard import Shard
 
 MAX_RESTARTS = 3  # a shard that keeps dying fails the run after this many restarts (it stays resumable)
@@ -76,6 +78,8 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, plan, shards: int | None, options: dict | None = None, ranges=None):
+        self.pools = make_pools(plan)  # one in_flight pool per LLM model, shared by every shard
+        options = dict(options or {}, permits=self.pools)
         self.ranges = ranges = ranges or layout(plan, shards, 1)
         known, self.write_usage = agreed_persona_texts(plan, ranges, options)
         self.shards = {pop: [Shard(plan, pop, i, a, b, len(rs), _with_texts(options, known, pop))
@@ -135,6 +139,10 @@ class RayExecutor:
             ray.init(log_to_driver=False, logging_level="ERROR", **kwargs)
             self.started_ray = True
         self.ranges = ranges = ranges or layout(plan, shards, int(ray.cluster_resources().get("CPU", 1)))
+        # One in_flight pool per LLM model for the whole cluster (a tiny actor each): shards borrow
+        # and return permits, so a shard that finishes early leaves no share of the limit idle.
+        self.pools = make_pools(plan, ray)
+        options = dict(options or {}, permits=self.pools)
         # A token CPU share (SHARD_CPUS): we size the shard pool ourselves; actors asking 1 CPU each
         # would queue forever once there are more shards than CPUs. A shard whose process dies is
         # restarted by Ray and reloads the latest checkpoint; we (not Ray) then replay the agent-changing calls made
@@ -255,6 +263,9 @@ class RayExecutor:
             for a in actors:
                 self.ray.kill(a)
         self.actors = {}
+        for pool in getattr(self, "pools", {}).values():
+            self.ray.kill(pool.handle)
+        self.pools = {}
         if self.started_ray:
             self.ray.shutdown()
 

@@ -130,7 +130,8 @@ class Shard:
     # ---------------------------------------------------------------- models
     def model(self, name: str):
         if name not in self.models:
-            self.models[name] = make_model(self.plan.models[name], self.index, self.shards, self.options)
+            self.models[name] = make_model(self.plan.models[name], self.index, self.shards, self.options,
+                                           holder=(self.population, self.index))
         return self.models[name]
 
     def _write(self, model_name: str, prompts: list[str]) -> list[str]:

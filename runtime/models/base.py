@@ -300,8 +300,9 @@ def _type_text(ty: dict) -> str:
     return ty["kind"]
 
 
-def make_model(model, shard_index: int = 0, shards: int = 1, options: dict | None = None):
-    """A client for one plan Model, sized to this shard's share of the model's limits."""
+def make_model(model, shard_index: int = 0, shards: int = 1, options: dict | None = None, holder=None):
+    """A client for one plan Model: its calls in flight borrowed from the run's pool for the model
+    (options["permits"], leases.py) as `holder`, else this shard's static share of the limits."""
     if model.provider == "mock":
         return MockModel(model.name, model.settings, model.limits)
     if model.provider == "python":
@@ -311,4 +312,11 @@ def make_model(model, shard_index: int = 0, shards: int = 1, options: dict | Non
 
     options = options or {}
     cache = ResponseCache(options["cache"]) if options.get("cache") else None
-    return LLMModel(model, shard_index, shards, cache, bool(options.get("replay")), options.get("environment"))
+    pool = (options.get("permits") or {}).get(model.name)
+    lease = None
+    if pool is not None:
+        from .leases import Lease
+
+        lease = Lease(pool, holder if holder is not None else ("", shard_index))
+    return LLMModel(model, shard_index, shards, cache, bool(options.get("replay")), options.get("environment"),
+                    lease=lease)

@@ -10,8 +10,10 @@ queue; each call waits for the shard's share of `per_minute` and `tokens_per_min
 `retry-after`) up to `max_retries`; the SDK's own retries are off so they do not multiply. A reply
 that does not parse as the output type is re-asked (saying what was wrong) up to `reasks` times,
 then the agent's value is missing with the error. Every reply that arrives goes into the cache
-first. Limits are split statically: shard i of n gets limit/n (at least 1), so their sum holds
-the declared limit across the cluster.
+first. `in_flight` is one pool per model for the whole run (leases.py): a shard borrows what is
+free while it has agents waiting and gives each permit back when its queue is empty; a Retry-After
+pauses every shard. `per_minute` and `tokens_per_minute` are split statically: shard i of n gets
+limit/n (at least 1), so their sum holds the declared limit across the cluster.
 """
 from __future__ import annotations
 
@@ -91,12 +93,15 @@ def share(limit, index: int, shards: int):
 
 class LLMModel:
     def __init__(self, model, shard_index: int, shards: int, cache: ResponseCache | None, replay: bool,
-                 environment: dict | None = None):
+                 environment: dict | None = None, lease=None):
         self.name = model.name
         self.provider = model.provider
         self.settings = model.settings
         limits = model.limits
-        self.in_flight = share(limits.in_flight, shard_index, shards)
+        # Calls in flight: borrowed from the run's pool for this model (leases.py), or a static share.
+        self.lease = lease
+        self.in_flight = int(limits.in_flight) if lease is not None else share(limits.in_flight, shard_index, shards)
+        self.paused_until = 0.0  # monotonic: a Retry-After another shard was told
         self.per_minute = share(limits.per_minute, shard_index, shards)
         self.tokens_per_minute = share(limits.tokens_per_minute, shard_index, shards)
         self.max_retries = int(self.settings.get("max_retries", 4))
@@ -193,6 +198,8 @@ class LLMModel:
         last_error = ""
         for attempt in range(self.max_retries + 1):
             await self.limiter.acquire(estimate)
+            while time.monotonic() < self.paused_until:  # a provider asked a shard of this run to wait
+                await asyncio.sleep(self.paused_until - time.monotonic())
             client = clients[(agent + attempt) % len(clients)]  # several base URLs: spread the load
             began = time.monotonic()
             try:
@@ -207,6 +214,8 @@ class LLMModel:
                               "attempts": attempt + 1})
                     return None, last_error
                 delay = _backoff(attempt, e)
+                if self.lease is not None and _retry_after(e) is not None:  # every shard waits, not only this one
+                    await asyncio.get_running_loop().run_in_executor(None, self.lease.pause, delay)
                 log.retries += 1
                 log.note({"type": "model_retry", "model": self.name, "agent": agent, "error": last_error,
                           "attempt": attempt + 1, "delay": round(delay, 3)})
@@ -284,13 +293,53 @@ class LLMModel:
                 if error is None:
                     values[i] = value if not isinstance(value, bool) else float(value)
 
-        await asyncio.gather(*(worker() for _ in range(min(self.in_flight, n) or 1)))
+        if self.lease is None:
+            await asyncio.gather(*(worker() for _ in range(min(self.in_flight, n) or 1)))
+        else:
+            await self._borrowing(queue, worker)
         if self.cache is not None:
             await asyncio.to_thread(self.cache.flush)  # the step's replies are on disk before it ends
         answers = Answers(values=values, replies=texts, errors=errors, tokens_in=log.tokens_in,
                           tokens_out=log.tokens_out, calls=log.calls)
         answers.log = log
         return answers
+
+    async def _borrowing(self, queue: asyncio.Queue, worker) -> None:
+        """Run one worker per permit borrowed from the pool: ask for more every POLL seconds while
+        agents wait, give each permit back when its worker finds the queue empty."""
+        from .leases import POLL
+
+        loop = asyncio.get_running_loop()
+        running: set = set()
+        finished: list = []
+        try:
+            while True:
+                waiting = queue.qsize()
+                if waiting > 0 and len(running) < self.in_flight:
+                    grant, wait = await loop.run_in_executor(None, self.lease.take,
+                                                             min(waiting, self.in_flight - len(running)))
+                    if wait > 0:
+                        self.paused_until = max(self.paused_until, time.monotonic() + wait)
+                    running |= {asyncio.ensure_future(worker()) for _ in range(grant)}
+                if not running and queue.empty():
+                    break
+                if running:
+                    done, _ = await asyncio.wait(running, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    done = set()
+                    await asyncio.sleep(POLL)
+                if done:
+                    running -= done
+                    finished.extend(done)
+                    await loop.run_in_executor(None, self.lease.give, len(done))
+        finally:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+                await loop.run_in_executor(None, self.lease.give, len(running))
+        for task in finished:
+            task.result()  # a worker's exception is the step's
 
     def write(self, prompts: list[str], seed: int) -> list[str]:
         batch = AskBatch(ids=np.arange(len(prompts)), prompt=list(prompts), system=None,
@@ -321,6 +370,11 @@ def _backoff(attempt: int, e: Exception) -> float:
                 pass
     # Exponential backoff with full jitter: 0.5 s, 1 s, 2 s, ... capped at 30 s.
     return random.uniform(0, min(30.0, 0.5 * 2 ** attempt))
+
+
+def _retry_after(e: Exception):
+    headers = getattr(getattr(e, "response", None), "headers", None) or {}
+    return (headers.get("retry-after-ms") or headers.get("retry-after")) if hasattr(headers, "get") else None
 
 
 def _short(e: Exception) -> str:

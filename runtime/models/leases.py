@@ -1,0 +1,120 @@
+"""One model's `in_flight` limit shared by every shard of a run: permits that shards borrow and return.
+
+In: the model's in_flight limit (the pool's size) and, from each shard, how many calls it could
+make now. Out: permits granted (up to what is free), taken back when a shard's calls end, and a
+pause that every shard honours when a provider said Retry-After to one of them.
+
+Why: a static split (shard i of n gets in_flight / n) leaves a finished shard's share idle while
+other shards still have agents to ask, so the cluster runs under the limit the user set. With the
+pool, a shard takes what is free whenever it has work and gives each permit back as soon as its
+queue is empty, so busy shards pick up idle ones' share. The local executor holds the pool as a
+plain object (its shards run one after another: each gets the whole limit); the Ray executor as
+one small actor per model (PermitPool below), asked at most every POLL seconds per shard.
+
+A shard that dies holding permits would leak them: each holder is named (population, shard), and
+a shard that starts (or is restarted) returns what its name held.
+"""
+from __future__ import annotations
+
+import time
+
+POLL = 0.05  # seconds between a busy shard's asks for more permits
+
+
+class PermitPool:
+    def __init__(self, capacity: int):
+        self.capacity = max(1, int(capacity))
+        self.free = self.capacity
+        self.held: dict = {}
+        self.paused_until = 0.0  # wall-clock time: shards on other machines compare with theirs
+        self.peak = 0  # most permits out at once: benchmarks and tests read it
+
+    def take(self, holder, want: int) -> tuple[int, float]:
+        """Up to `want` permits for `holder`; and how many seconds every shard should still wait."""
+        grant = max(0, min(int(want), self.free))
+        self.free -= grant
+        self.held[holder] = self.held.get(holder, 0) + grant
+        self.peak = max(self.peak, self.capacity - self.free)
+        return grant, max(0.0, self.paused_until - time.time())
+
+    def give(self, holder, count: int) -> None:
+        count = min(int(count), self.held.get(holder, 0))
+        self.held[holder] = self.held.get(holder, 0) - count
+        self.free += count
+
+    def reset(self, holder) -> None:
+        """`holder` starts afresh (a new or restarted shard): what it held is free again."""
+        self.give(holder, self.held.get(holder, 0))
+
+    def pause(self, seconds: float) -> None:
+        """A provider asked to wait (Retry-After): no shard sends before then."""
+        self.paused_until = max(self.paused_until, time.time() + float(seconds))
+
+    def stats(self) -> dict:
+        return {"capacity": self.capacity, "free": self.free, "peak": self.peak}
+
+
+def make_pools(plan, ray=None) -> dict:
+    """A pool per LLM model (mock and python models have no limit to share): plain objects, or
+    Ray actors when `ray` is given."""
+    pools = {}
+    for name, model in plan.models.items():
+        if model.provider in ("anthropic", "openai") and model.limits.in_flight:
+            if ray is None:
+                pools[name] = PermitPool(model.limits.in_flight)
+            else:
+                # Shards find the actor by its name: a handle among a restartable actor's constructor
+                # arguments would have to live in the object store (Ray warns of lost restarts).
+                import uuid
+
+                actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(PermitPool)
+                label = f"populace-permits-{uuid.uuid4().hex[:12]}-{name}"
+                pools[name] = RemotePool(label, actor.options(name=label).remote(model.limits.in_flight))
+    return pools
+
+
+class RemotePool:
+    """A pool actor as shards receive it: its name (pickles small); the handle is looked up there."""
+
+    def __init__(self, name: str, handle=None):
+        self.name, self._handle = name, handle
+
+    def __getstate__(self):
+        return {"name": self.name}
+
+    def __setstate__(self, state):
+        self.name, self._handle = state["name"], None
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            import ray
+
+            self._handle = ray.get_actor(self.name)
+        return self._handle
+
+
+class Lease:
+    """A shard's side of a pool: the same calls on a plain object or a Ray actor handle."""
+
+    def __init__(self, pool, holder):
+        self.pool, self.holder = pool, holder
+        self.remote = isinstance(pool, RemotePool)
+        self._call("reset", holder)
+
+    def _call(self, method: str, *args):
+        if not self.remote:
+            return getattr(self.pool, method)(*args)
+        import ray
+
+        return ray.get(getattr(self.pool.handle, method).remote(*args))
+
+    def take(self, want: int) -> tuple[int, float]:
+        return self._call("take", self.holder, want) if want > 0 else (0, 0.0)
+
+    def give(self, count: int) -> None:
+        if count > 0:
+            self._call("give", self.holder, count)
+
+    def pause(self, seconds: float) -> None:
+        self._call("pause", seconds)
