@@ -131,6 +131,13 @@ def test_run_with_monitor_in_chromium(browser, tmp_path):
         assert charts["target"]["y"] == [m["target"] for m in metrics]
         assert charts["mean_guess"]["x"] == ["round=1", "round=2", "round=3"]
         assert steps == ["finished"] * 5
+        # the failed answers as the CLI counts them, and no control left on a finished run
+        assert wait_for(lambda: text_of(browser, ".stat-errors") == ["0 of 6.0k (0.0%)"] or None,
+                        what="the failed answers")
+        from selenium.webdriver.common.by import By
+
+        for label in ("pause", "resume", "stop"):
+            assert browser.find_element(By.CSS_SELECTOR, f"button.control-{label}").get_attribute("disabled")
         time.sleep(0.5)  # let the charts finish drawing
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT))

@@ -139,11 +139,11 @@ class Page:
             with ui.row().classes("w-full gap-3"):
                 self.stats = {}
                 for key, title in (("agents", "agent-steps done"), ("steps", "steps done"), ("calls", "model calls"),
-                                   ("tokens", "tokens in / out"), ("cost", "cost so far"), ("errors", "agent errors"),
+                                   ("tokens", "tokens in / out"), ("cost", "cost so far"), ("errors", "failed answers"),
                                    ("rate", "agents/s (run)"), ("eta", "ETA step / run")):
                     with ui.card().classes("px-4 py-2 gap-0 min-w-[9rem] flex-1").props("flat bordered"):
                         ui.label(title).classes("text-xs text-slate-500 uppercase tracking-wide")
-                        self.stats[key] = ui.label("—").classes("text-lg font-semibold mono").mark(f"stat-{key}")
+                        self.stats[key] = ui.label("—").classes(f"text-lg font-semibold mono stat-{key}").mark(f"stat-{key}")
             self.failure = ui.label("").classes("w-full text-red-700 bg-red-50 p-3 rounded mono whitespace-pre-wrap").mark("failure")
             self.failure.set_visibility(False)
             with ui.element("div").classes("w-full grid grid-cols-1 xl:grid-cols-2 gap-4 items-start"):
@@ -289,7 +289,9 @@ class Page:
         self.stats["calls"].set_text(fmt_count(state.calls))
         self.stats["tokens"].set_text(f"{fmt_count(state.tokens_in)} / {fmt_count(state.tokens_out)}")
         self.stats["cost"].set_text(fmt_cost(monitor.cost()))
-        self.stats["errors"].set_text(fmt_count(state.errors))
+        # the same figure the CLI's summary gives: failed of asked, and the share
+        self.stats["errors"].set_text(f"{fmt_count(state.errors)} of {fmt_count(state.answers)} "
+                                      f"({state.failed_share:.1%})" if state.answers else fmt_count(state.errors))
         if state.failure:
             self.failure.set_text(f"run failed: {state.failure}")
             self.failure.set_visibility(True)
