@@ -212,3 +212,71 @@ def test_kinds_of_a_mixture_may_have_personas_of_their_own(tmp_path, executor, s
     local = populace.run(str(ROOT / "tests" / "fixtures" / "run" / "mixture_personas.pop"), executor="local",
                          run_dir=str(tmp_path / "local"))
     pd.testing.assert_frame_equal(result.personas, local.personas)
+
+
+# ---------------------------------------------------------------- beauty contest, verbatim
+def test_beauty_contest_falls_towards_zero_with_the_prompt_sent_verbatim(tmp_path, ray_session):
+    from populace.cli.main import main
+
+    run_dir = tmp_path / "beauty"
+    assert main(["run", str(MODELS / "beauty_contest.pop"), "--executor", "local", "--set", "players=300",
+                 "--save-prompts", "100%", "--run-dir", str(run_dir), "--quiet"]) == 0
+    m = populace.load(str(run_dir)).metrics
+    assert m.mean_pick.is_monotonic_decreasing and m.mean_pick.iloc[-1] < 10 < m.mean_pick.iloc[0]
+    assert m.target.tolist() == pytest.approx((m.mean_pick * 2 / 3).tolist(), rel=1e-9)
+    picks = populace.load(str(run_dir)).asks["pick"]
+    for row in m.itertuples():  # the winner is the agent closest to the target (the lowest id on ties)
+        rnd = picks[picks["round"].astype(int) == row.round]
+        distance = (rnd.value - row.target).abs()
+        assert row.winner == rnd.agent[distance == distance.min()].min()
+    prompts = pd.read_parquet(run_dir / "prompts")
+    user = prompts[(prompts.agent == 7) & (prompts["round"].astype(int) == 1)].messages.iloc[0][-1]["content"]
+    assert user.startswith("You are player 7 of 300.") and user.endswith("Your number:")  # nothing appended
+    assert "0.67 times the mean" in user
+
+
+def test_beauty_contest_on_ray_matches_local(tmp_path, ray_session):
+    local = run(tmp_path, "beauty_contest", players=300, rounds=2)
+    ray = run(tmp_path, "beauty_contest", "ray", 3, players=300, rounds=2)
+    pd.testing.assert_frame_equal(local.metrics, ray.metrics)
+
+
+# ---------------------------------------------------------------- El Farol with strategy kinds
+def test_el_farol_fluctuates_around_the_threshold_and_coins_go_half_the_time(tmp_path, ray_session):
+    local = run(tmp_path, "el_farol_kinds")
+    weeks = local.records["weeks"].iloc[4:]
+    assert 0.5 < weeks.attendance.mean() < 0.7 and weeks.attendance.std() > 0.04  # never settles
+    assert 0.2 < weeks.crowded.mean() < 0.8
+    by_kind = local.metrics.groupby("kind")
+    assert by_kind.n.first().to_dict() == {"Flipper": 40, "Forecaster": 160}
+    assert abs(by_kind.went.mean()["Flipper"] - 0.5) < 0.05
+    ray = run(tmp_path, "el_farol_kinds", "ray", 2, weeks=8)
+    pd.testing.assert_frame_equal(ray.metrics, run(tmp_path / "short", "el_farol_kinds", weeks=8).metrics)
+
+
+# ---------------------------------------------------------------- a survey by subgroup
+def test_survey_toplines_per_subgroup_are_the_respondents_answers(tmp_path, ray_session):
+    result = run(tmp_path, "survey")
+    answers = result.asks["yes"][["agent", "value"]].merge(result.personas, on="agent")
+    region = answers.groupby("region").value.agg(["mean", "size"])
+    table = result.records["by_region"].set_index("region")
+    assert table.n.to_dict() == region["size"].to_dict() and table.n.sum() == 2000
+    assert table.support.to_dict() == pytest.approx(region["mean"].to_dict())
+    cells = result.records["cells"]
+    assert len(cells) == 12 and cells.n.sum() == 2000  # 4 regions x 3 age groups
+    assert set(result.records["by_age"].age_group) == {"18-34", "35-59", "60+"}
+    assert result.metrics.answered.iloc[0] == 2000
+    ray = run(tmp_path, "survey", "ray", 3)
+    pd.testing.assert_frame_equal(ray.records["cells"], cells)
+
+
+# ---------------------------------------------------------------- public goods with punishment
+def test_punishment_keeps_contributions_up(tmp_path, ray_session):
+    with_it = run(tmp_path / "with", "public_goods_punishment", punish=True).metrics
+    without = run(tmp_path / "without", "public_goods_punishment", punish=False).metrics
+    assert without.mean_contribution.is_monotonic_decreasing and without.fined.eq(0).all()
+    assert without.mean_contribution.iloc[-1] < 0.5 * without.mean_contribution.iloc[0]  # decay
+    assert with_it.mean_contribution.iloc[-1] > 2 * without.mean_contribution.iloc[-1]
+    assert with_it.mean_contribution.iloc[-1] > 0.9 * with_it.mean_contribution.iloc[0]  # it holds up
+    ray = run(tmp_path / "ray", "public_goods_punishment", "ray", 2, punish=True).metrics
+    pd.testing.assert_frame_equal(ray, with_it)
