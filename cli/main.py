@@ -159,7 +159,7 @@ def cmd_check(args) -> int:
         try:
             program = load_program(file)
             sources.update(program.sources)
-            all_diagnostics.extend(_compile_diagnostics(program, args.overrides))
+            all_diagnostics.extend(_compile_diagnostics(program, args.overrides, file))
         except DiagnosticError as e:
             all_diagnostics.extend(e.diagnostics)
             sources.update(e.sources)
@@ -174,13 +174,18 @@ def cmd_check(args) -> int:
     return 1 if errors else 0
 
 
-def _compile_diagnostics(program, overrides) -> list:
-    """Run every compiler pass; return its warnings (errors arrive as DiagnosticError)."""
-    try:
-        from populace.compiler import compile_program
-    except ImportError:  # the compiler is optional only while the package is being built up
-        return []
-    return compile_program(program, overrides=overrides).warnings
+def _compile_diagnostics(program, overrides, file: str) -> list:
+    """Run every compiler pass, then what only the runtime can know (cli/checks.py); return the
+    warnings and those errors (the compiler's errors arrive as DiagnosticError)."""
+    from populace.compiler import compile_program
+
+    from .checks import empty_file, runtime_checks
+
+    empty = empty_file(program)
+    if empty:
+        return empty
+    compiled = compile_program(program, overrides=overrides)
+    return compiled.warnings + runtime_checks(compiled.plan, os.path.dirname(os.path.abspath(file)))
 
 
 def cmd_fmt(args) -> int:
