@@ -279,9 +279,12 @@ class Checker:
             candidates += list(self.ctx.persona_fields.get(self.scope.persona, {}))
         if self.scope.kind == "agent":
             fields = self.ctx.population_fields.get(self.scope.pop or "", {})
-            if name in fields:  # a bare field name: say how to write it
-                prefix = "persona" if fields[name].source == "persona" else "self"
-                return f"did you mean `{prefix}.{name}`? an agent's fields are written {prefix}.NAME"
+            import difflib
+
+            near = name if name in fields else next(iter(difflib.get_close_matches(name, list(fields), n=1)), None)
+            if near in fields:  # a bare (or misspelt) field name: say how to write it, qualified
+                prefix = "persona" if fields[near].source == "persona" else "self"
+                return f"did you mean `{prefix}.{near}`? an agent's fields are written {prefix}.NAME"
             candidates += ["persona", "self"]
         return did_you_mean(name, candidates)
 
@@ -363,6 +366,12 @@ class Checker:
         info = fields.get(e.attr)
         if info is None and e.attr in BUILTIN_FIELDS and "state" in sources:
             return self._builtin(e.attr, pop)
+        if info is None and e.attr in ("persona", "self") and not pop.startswith("agent:"):
+            # `residents.persona.occupation`: the agent's fields are written directly on it
+            self.ctx.error("E1009", e.span, f"`{pop}.{e.attr}` is not a field: an agent's fields are written "
+                           f"`{pop}.NAME` (in an agent's own view also `persona.NAME` and `self.NAME`)",
+                           hint=f"e.g. {pop}.{next(iter(fields), 'NAME')}")
+            return BAD
         if info is None or info.source not in sources:
             candidates = [k for k, v in fields.items() if v.source in sources]
             owner = "persona" if sources == ("persona",) else f"`{pop}`"
