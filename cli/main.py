@@ -511,8 +511,10 @@ def _status_code(summary: dict) -> int:
     status, run_dir = summary["status"], summary["run_dir"]
     if status != "finished" and checkpoints_written(run_dir):
         kept = "stopped" if status == "stopped" else "failed"
+        then = "" if status == "stopped" else (" once the cause is fixed (an error of the scenario itself, such as a "
+                                               "value out of its range, would stop it again)")
         print(f"{kept}: everything written so far is kept; `populace resume {shlex.quote(os.fspath(run_dir))}` "
-              "continues from the last checkpoint", file=sys.stderr)
+              f"continues from the last checkpoint{then}", file=sys.stderr)
     return {"finished": 0, "stopped": 130}.get(status, 1)
 
 

@@ -202,7 +202,9 @@ class Checker:
             return BOOL
         if op in ("<", "<=", ">", ">="):
             if not ((a.kind in NUMERIC and b.kind in NUMERIC) or (a.kind == b.kind == "str")):
-                self.ctx.error("E1010", e.span, f"`{op}` cannot order {describe(a)} and {describe(b)}")
+                hint = ("true/false has no order: use it as it is (count(players.flag), players.flag and ...) or "
+                        "compare it with ==") if "bool" in (a.kind, b.kind) else ""
+                self.ctx.error("E1010", e.span, f"`{op}` cannot order {describe(a)} and {describe(b)}", hint=hint)
                 return None
             return BOOL
         if op in ("in", "not in"):
