@@ -21,10 +21,13 @@ MAX_ERROR_SAMPLES = 20
 LLM_COUNTS = ("retries", "reasks", "cache_hits", "failures", "cache_read", "cache_write")
 
 
-def ask(shard, step, ctx, only: int | None = None) -> dict:
-    """Ask every agent the step selects (or, with `only`, that one local agent if selected)."""
-    frame = shard.frame()
-    mask = shard.mask(step.where, frame, ctx)
+def ask(shard, step, ctx, only: int | None = None, frame=None) -> dict:
+    """Ask every agent the step selects (or, with `only`, that one local agent if selected). `frame`
+    may be that one agent's own frame (ordered.py): prompts are then rendered for it alone."""
+    offset = only if frame is not None else 0  # where `frame`'s first row is among the shard's agents
+    frame = frame if frame is not None else shard.frame()
+    mask = np.zeros(len(shard.ids), dtype=bool)
+    mask[offset:offset + frame.size] = shard.mask(step.where, frame, ctx)
     if only is not None:
         one = np.zeros(len(mask), dtype=bool)
         one[only] = mask[only]
@@ -47,8 +50,8 @@ def ask(shard, step, ctx, only: int | None = None) -> dict:
         agent = shard.plan.agents[agent_name]
         model_name = step.model or agent.model
         model = shard.model(model_name)
-        system = _system(agent, frame, ctx, sel)
-        sub_prompt = [prompt[i] for i in sel.tolist()] if is_vector(prompt) else prompt
+        system = _system(agent, frame, ctx, sel - offset)
+        sub_prompt = [prompt[i - offset] for i in sel.tolist()] if is_vector(prompt) else prompt
         batch = AskBatch(
             ids=shard.ids[sel], prompt=sub_prompt, system=system, memory_chars=shard.memory.chars_of(sel),
             output=out_type, where=ctx.where, seed=shard.seed,

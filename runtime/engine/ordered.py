@@ -58,16 +58,33 @@ def ask_in_order(shard, step, ctx, prior: dict, turn: int) -> dict | None:
     shard.types[step.output.name] = step.output.type
     order = np.flatnonzero(shard.mask(step.where, shard.frame(), ctx))
     parts = []
+    alone = _renders_alone(shard, step)
     for local in order.tolist():
         frame = shard.frame()
         for spec in specs:  # this agent sees the answers before it: earlier shards', then this shard's
             ctx.aggregates[agg_key(spec)] = combine(spec, list(prior.get(agg_key(spec), ())) +
                                                     [shard._partial(spec, frame, ctx)])
-        parts.append(asking.ask(shard, step, ctx, only=local))
+        own = _one(shard, local) if alone else None  # render this agent's prompt only, not everyone's
+        parts.append(asking.ask(shard, step, ctx, only=local, frame=own))
     frame = shard.frame()
     summary = merge(parts) if parts else asking.ask(shard, step, ctx)  # none selected here: an empty summary
     summary["running"] = {agg_key(spec): shard._partial(spec, frame, ctx) for spec in specs}
     return summary
+
+
+def _renders_alone(shard, step) -> bool:
+    """Can one agent's prompt and system prompt be rendered from its own row? Not when they read the
+    shard's groups, neighbours or environment methods (those index the whole shard)."""
+    systems = [shard.plan.agents[name].system for name, _ in shard.kinds]
+    return not any("via" in node or "method" in node for node in _walk([step.prompt, step.where, systems]))
+
+
+def _one(shard, local: int):
+    from populace.runtime.columns.vector import Frame
+
+    cut = slice(local, local + 1)
+    return Frame(columns={k: v[cut] for k, v in shard.columns.items()}, ids=shard.ids[cut], types=shard.types,
+                 world=shard, kinds=shard.kind_column[cut])
 
 
 def merge(parts: list[dict]) -> dict:

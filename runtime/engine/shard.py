@@ -234,8 +234,8 @@ class Shard:
     def mask(self, where, frame, ctx) -> np.ndarray:
         """Who a step's `where` selects: a missing value (an agent with no answer yet) selects no one."""
         if where is None:
-            return np.ones(len(self.ids), dtype=bool)
-        return truth(evaluate(where, frame, ctx), len(self.ids))
+            return np.ones(frame.size, dtype=bool)
+        return truth(evaluate(where, frame, ctx), frame.size)
 
     # ---------------------------------------------------------------- agent steps
     def ask(self, step, context: dict) -> dict:
