@@ -101,12 +101,7 @@ def test_no_import_cycles_at_module_level():
     assert cycles == []
 
 
-# Not split yet (issue 19): the monitor's data model and page. Listed so that this test fails both
-# when another module grows past 400 lines and when these two are split (then empty the set).
-NOT_SPLIT_YET = {"populace.runtime.monitor.data", "populace.runtime.monitor.page"}
-
-
 def test_every_runtime_module_is_under_400_lines():
     long = {name for name, path in MODULES.items() if name.startswith("populace.runtime")
             and len(path.read_text(encoding="utf-8").splitlines()) > 400}
-    assert long == NOT_SPLIT_YET
+    assert long == set()

@@ -15,7 +15,8 @@ from populace.compiler import compile_file
 from populace.compiler.plan import plan_from_dict
 from populace.runtime.store.events import RunState
 from populace.runtime.monitor.auth import COOKIE, TokenGate, exposed
-from populace.runtime.monitor.data import EventTail, FilterError, MonitorState, PersonaPages, distribution, find_agent, persona_files
+from populace.runtime.monitor.data import EventTail, MonitorState
+from populace.runtime.monitor.files import FilterError, PersonaPages, distribution, find_agent, persona_files
 from populace.runtime.engine.run import run_plan
 
 ROOT = Path(__file__).resolve().parent.parent

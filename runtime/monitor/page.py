@@ -1,10 +1,10 @@
 """The monitor: a live NiceGUI page for one run directory (a run in progress or finished).
 
 In: a run directory, a host and a port. Out: a web page served until Ctrl-C. Every open page
-polls one shared `MonitorState` (monitor_data.py) twice a second; the state tails events.jsonl and
+polls one shared `MonitorState` (data.py) twice a second; the state tails events.jsonl and
 folds it with the same `RunState` the CLI uses. Controls write control.json (`request_control`),
 which the driver obeys between steps. Beyond 127.0.0.1 every request needs the token
-(monitor_auth.py). Nothing from the environment is ever put on the page.
+(auth.py); the cards are in agents.py and results.py. Nothing from the environment is ever put on the page.
 
     python -m populace.runtime.monitor RUN_DIR [--host 127.0.0.1] [--port 8080]
 """
@@ -14,97 +14,16 @@ import argparse
 import os
 import sys
 
-from .data import PAGE_ROWS, UNREADABLE, FilterError, MonitorState, PersonaPages, distribution, find_agent, persona_files, unreadable
+from .data import MonitorState
+from .agents import AgentsPanel
+from .results import ResultsPanel
+from .widgets import STATUS_COLORS, fmt_bytes, fmt_cost, fmt_count, fmt_seconds, line_chart, short_node
 from populace.runtime.store.rundir import request_control
 
 TICK = 0.5  # seconds between polls of events.jsonl: live, yet cheap for a page left open all day
-STATUS_COLORS = {"finished": "positive", "done": "positive", "running": "primary", "paused": "warning",
-                 "pending": "grey-6", "not run": "grey-6", "stopped": "orange", "failed": "negative",
-                 "lost": "negative"}
-SERIES_COLORS = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c", "#0891b2"]
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def fmt_count(n: float | None) -> str:
-    if n is None:
-        return "—"
-    n = float(n)
-    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{suffix}"
-    return f"{n:.0f}" if n == int(n) else f"{n:.1f}"
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for size, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if n >= size:
-            return f"{n / size:.1f} {suffix}"
-    return f"{n:.0f} B"
-
-
-def short_node(node: str) -> str:
-    """A Ray node id (56 hex digits) by its first 8, as `ray status` lists it; "local" stays."""
-    return node[:8] if len(node) > 12 else node
-
-
-def fmt_cost(cost: float | None) -> str:
-    return "unknown (no price)" if cost is None else f"${cost:,.4f}"
-
-
-def _pairs(values: dict) -> None:
-    """Names and values in two columns (an agent's persona, its state at a checkpoint)."""
-    from nicegui import ui
-
-    with ui.element("div").classes("grid gap-x-4 gap-y-1 text-sm").style("grid-template-columns: max-content 1fr"):
-        for key, value in values.items():
-            ui.label(key).classes("text-slate-500")
-            ui.label(str(_shown(value))).classes("mono")
-
-
-def _shown(value):
-    """Floats with four decimals: a persona table is for reading, the Parquet file keeps them all."""
-    return round(value, 4) if isinstance(value, float) else value
-
-
-def _line_chart(title: str, names: list[str]) -> dict:
-    return {
-        "animation": False,
-        "title": {"text": title, "left": "center", "textStyle": {"fontSize": 13, "fontWeight": 500}},
-        "tooltip": {"trigger": "axis"},
-        "legend": {"bottom": 0} if len(names) > 1 else {"show": False},
-        "grid": {"left": 56, "right": 20, "top": 36, "bottom": 48 if len(names) > 1 else 28},
-        "xAxis": {"type": "category", "data": []},
-        "yAxis": {"type": "value", "scale": True},
-        "series": [{"name": n, "type": "line", "data": [], "showSymbol": True, "smooth": False,
-                    "symbol": ["circle", "triangle", "rect", "diamond"][i % 4], "symbolSize": 7,
-                    "color": SERIES_COLORS[i % len(SERIES_COLORS)]} for i, n in enumerate(names)],
-    }
-
-
-def _stamp(path: str):
-    """(size, mtime) of a file, None when it is gone: tells when a damaged file is worth reading again."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_size, info.st_mtime_ns
-
-
-class Page:
+class Page(AgentsPanel, ResultsPanel):
     """One browser tab's view of the shared monitor state."""
 
     def __init__(self, monitor: MonitorState):
@@ -182,28 +101,12 @@ class Page:
         from nicegui import ui
 
         with self._card("Throughput", "per finished agent step"):
-            self.throughput = ui.echart(_line_chart("", ["agents/s", "calls/s"])).classes("w-full h-56").mark("throughput")
+            self.throughput = ui.echart(line_chart("", ["agents/s", "calls/s"])).classes("w-full h-56").mark("throughput")
             self.throughput.options["xAxis"] = {"type": "value", "name": "run time (s)", "nameLocation": "middle",
                                                 "nameGap": 24, "scale": True}
             self.throughput.options["grid"]["bottom"] = 56
             self.throughput.options["legend"] = {"top": 0}
             self.eta_label = ui.label("").classes("text-sm text-slate-600").mark("eta")
-
-    def _results_card(self) -> None:
-        from nicegui import ui
-
-        with self._card("Results", "recorded metrics per iteration, and the latest answers"):
-            self.metric_box = ui.element("div").classes("w-full grid grid-cols-1 md:grid-cols-2 gap-2")
-            self.no_metrics = ui.label("no record yet").classes("text-sm text-slate-500")
-            self.distribution_chart = ui.echart({
-                "animation": False, "title": {"text": "", "left": "center", "textStyle": {"fontSize": 13, "fontWeight": 500}},
-                "tooltip": {}, "grid": {"left": 56, "right": 20, "top": 36, "bottom": 40},
-                "xAxis": {"type": "category", "data": []}, "yAxis": {"type": "value", "name": "agents"},
-                "series": [{"type": "bar", "data": [], "color": "#64748b"}],
-            }).classes("w-full h-56 distribution-chart").mark("distribution")
-            self.distribution_chart.set_visibility(False)
-            self.distribution_error = ui.label("").classes("text-sm text-red-700").mark("distribution-error")
-            self.distribution_error.set_visibility(False)
 
     def _models_card(self) -> None:
         from nicegui import ui
@@ -236,29 +139,6 @@ class Page:
             self.error_source = ui.label("").classes("w-full mono text-xs whitespace-pre bg-slate-50 p-2 rounded")
             self.error_source.set_visibility(False)
             self.no_errors = ui.label("no errors").classes("text-sm text-slate-500")
-
-    def _agents_card(self) -> None:
-        from nicegui import ui
-
-        with self._card("Agents", "find one agent by id, or page through the personas (20 a page)"):
-            with ui.row().classes("items-end gap-3"):
-                self.agent_id = ui.number("agent id", value=0, min=0, format="%d").classes("w-32").mark("agent-id")
-                self.population = ui.select({}, label="population").classes("w-40")
-                self.population.set_visibility(False)
-                ui.button("Inspect", icon="search", on_click=self.inspect).props("outline").mark("inspect")
-            self.agent_view = ui.column().classes("w-full gap-2").mark("agent")
-            ui.separator()
-            with ui.row().classes("items-end gap-3 w-full"):
-                self.filter = ui.input("filter", placeholder="age >= 21 · major = economics · background ~ physics").classes("w-96").mark("filter")
-                self.filter.on("keydown.enter", lambda: self.load_personas(0))
-                ui.button("Apply", on_click=lambda: self.load_personas(0)).props("outline").mark("apply-filter")
-                ui.button(icon="chevron_left", on_click=lambda: self.load_personas(self.persona_page - 1)).props("flat").mark("prev-page")
-                self.page_label = ui.label("").classes("text-sm text-slate-600").mark("page")
-                ui.button(icon="chevron_right", on_click=lambda: self.load_personas(self.persona_page + 1)).props("flat").mark("next-page")
-            self.filter_error = ui.label("").classes("text-sm text-red-700").mark("filter-error")
-            self.personas_error = ui.label("").classes("text-sm text-red-700").mark("personas-error")
-            self.personas_error.set_visibility(False)
-            self.personas = ui.table(columns=[], rows=[], row_key="agent", pagination=PAGE_ROWS).props("flat dense hide-pagination").classes("w-full").mark("personas")
 
     # ------------------------------------------------------------ updates
     def refresh(self) -> None:
@@ -303,10 +183,7 @@ class Page:
         self._draw_models()
         self._draw_cluster()
         self._draw_errors()
-        if self.persona_pages is None and persona_files(monitor.run_dir):
-            self._init_personas()
-        elif self.persona_pages is False and self._persona_stamp != _stamp(self._persona_failed_path):
-            self._switch_population()  # the damaged file changed (rewritten, or finished writing): try again
+        self._draw_personas()
 
     def _draw_clock(self) -> None:
         monitor = self.monitor
@@ -359,55 +236,6 @@ class Page:
         self.throughput.options["series"][0]["data"] = [[round(t, 3), round(a, 1)] for t, a, _ in points]
         self.throughput.options["series"][1]["data"] = [[round(t, 3), round(c, 1)] for t, _, c in points]
         self.throughput.update()
-
-    def _draw_metrics(self) -> None:
-        from nicegui import ui
-
-        series = self.monitor.metric_series()
-        self.no_metrics.set_visibility(not series)
-        for name, (xs, ys) in series.items():
-            chart = self.metric_charts.get(name)
-            if chart is None:
-                with self.metric_box:
-                    chart = ui.echart(_line_chart(name, [name])).classes("w-full h-52 metric-chart").mark(f"metric:{name}")
-                self.metric_charts[name] = chart
-            chart.options["xAxis"]["data"] = list(xs)
-            chart.options["series"][0]["data"] = list(ys)
-            chart.update()
-
-    def _draw_distribution(self) -> None:
-        path = self.monitor.latest_ask_file()
-        if path is None or path == self.distribution_path or not os.path.exists(path):
-            return
-        self.distribution_path = path
-        step, label = self.monitor.latest_ask
-        shown = distribution(path)
-        chart = self.distribution_chart
-        self.distribution_error.set_text(shown.get("error", ""))
-        self.distribution_error.set_visibility(shown["kind"] == "error")
-        if shown["kind"] == "error":  # a damaged file: this chart says so, the rest of the page goes on
-            chart.set_visibility(False)
-            return
-        title = f"answers of {step[5:]} {label}".strip()
-        if shown["kind"] == "histogram":
-            edges = shown["edges"]
-            if shown.get("integer") and all(float(e).is_integer() or (e + 0.5).is_integer() for e in edges):
-                names = [str(int(e + 0.5)) for e in edges[:-1]]
-            else:
-                names = [f"{a:g}–{b:g}" for a, b in zip(edges, edges[1:])]
-            data = shown["counts"]
-        elif shown["kind"] == "categories":
-            names, data = shown["labels"], shown["counts"]
-        else:
-            names, data = [], []
-            title += f" ({shown.get('type')}: not charted)"
-        if shown.get("missing"):
-            title += f" · {shown['missing']} missing"
-        chart.options["title"]["text"] = title
-        chart.options["xAxis"]["data"] = names
-        chart.options["series"][0]["data"] = data
-        chart.set_visibility(True)
-        chart.update()
 
     def _draw_models(self) -> None:
         rows = []
@@ -497,87 +325,6 @@ class Page:
             return
         ui.notify({"pause": "pause requested: the run pauses after the current step",
                    "resume": "resume requested", "stop": "stop requested: the run ends after the current step"}[action])
-
-    async def inspect(self) -> None:
-        from nicegui import run, ui
-
-        if self.agent_id.value is None:
-            return
-        agent = int(self.agent_id.value)
-        found = await run.io_bound(find_agent, self.monitor, agent, self.population.value or "")
-        self.agent_view.clear()
-        with self.agent_view:
-            for problem in found.get("problems", ()):
-                ui.label(problem).classes("text-sm text-red-700").mark("agent-problem")
-            if not found["persona"] and not found["answers"]:
-                ui.label(f"no agent {agent} in this run (yet)").classes("text-sm text-slate-500")
-                return
-            ui.label(f"agent {agent}").classes("font-semibold")
-            if found["persona"]:
-                _pairs(found["persona"])
-            if found.get("state"):
-                ui.label(f"state and answers at checkpoint {found['checkpoint']}").classes("text-xs text-slate-500")
-                _pairs(found["state"])
-            if found.get("memory"):
-                ui.label(f"memory at checkpoint {found['checkpoint']}").classes("text-xs text-slate-500")
-                for entry in found["memory"]:
-                    ui.label(f"{entry['role']}: {entry['text']}").classes(
-                        "mono text-xs whitespace-pre-wrap bg-slate-50 p-2 rounded w-full").mark("memory")
-            for step, prompt in found["prompts"].items():
-                ui.label(f"prompt of {step[5:]} (template)").classes("text-xs text-slate-500")
-                ui.label(prompt).classes("mono text-xs whitespace-pre-wrap bg-slate-50 p-2 rounded w-full")
-            columns = [{"name": k, "label": k, "field": k, "align": "left"}
-                       for k in ("iteration", "step", "value", "reply", "error", "prompt_hash")]
-            rows = [{k: ("" if a.get(k) is None else str(a.get(k))) for k in ("iteration", "step", "value", "reply", "error", "prompt_hash")}
-                    for a in found["answers"]]
-            ui.table(columns=columns, rows=rows, row_key="iteration").props("flat dense wrap-cells").classes("w-full").mark("answers")
-
-    def _init_personas(self) -> None:
-        files = persona_files(self.monitor.run_dir)
-        if len(files) > 1:
-            self.population.set_options({name: name for name in files}, value=next(iter(files)))
-            self.population.set_visibility(True)
-            self.population.on_value_change(lambda: self._switch_population())
-        self._switch_population()
-
-    def _switch_population(self) -> None:
-        files = persona_files(self.monitor.run_dir)
-        path = files.get(self.population.value or "") or next(iter(files.values()))
-        try:
-            self.persona_pages = PersonaPages(path)
-        except UNREADABLE as e:  # a damaged file: the persona table says so, the rest of the page goes on
-            self.persona_pages = False  # tried: retried only when the file changes
-            self._persona_failed_path, self._persona_stamp = path, _stamp(path)
-            self._personas_failed(unreadable(path, e, self.monitor.run_dir))
-            return
-        self.personas.columns = [{"name": c, "label": c, "field": c, "align": "left"} for c in self.persona_pages.columns]
-        self.load_personas(0)
-
-    def load_personas(self, number: int) -> None:
-        if not self.persona_pages:
-            return
-        try:
-            page = self.persona_pages.page(number, self.filter.value or "")
-        except FilterError as e:
-            self.filter_error.set_text(str(e))
-            return
-        except UNREADABLE as e:
-            self._personas_failed(unreadable(self.persona_pages.path, e, self.monitor.run_dir))
-            return
-        self.filter_error.set_text("")
-        self.personas_error.set_visibility(False)
-        self.persona_page = page["page"]
-        self.personas.rows = [{k: _shown(v) for k, v in row.items()} for row in page["rows"]]
-        self.personas.update()
-        self.page_label.set_text(f"page {page['page'] + 1} of {page['pages']} · {page['total']:,} agents")
-
-    def _personas_failed(self, message: str) -> None:
-        self.personas_error.set_text(message)
-        self.personas_error.set_visibility(True)
-        self.personas.rows = []
-        self.personas.update()
-        self.page_label.set_text("")
-
 
 def root_for(monitor: MonitorState):
     """The NiceGUI root function: each browser tab gets its own Page over the shared state."""
