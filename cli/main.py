@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failed", type=share, metavar="SHARE",
                    help="fail the run when more than this share of one ask's answers fail (default: the "
                         "scenario's max_failed, 5%%): 5%%, 0.05, 0 (any failure fails the run)")
+    p.add_argument("--budget", type=_usd, metavar="USD",
+                   help="stop before the call that would spend more than this in all (25usd, $25); "
+                        "overrides the scenario's `budget`")
     p.add_argument("--monitor", action="store_true",
                    help="serve the live monitor page while the run goes on (and after it, until Ctrl-C)")
     _add_monitor_address(p)
@@ -112,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="checkpoint before every N-th agent step (default: what the run used)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--budget", type=_usd, metavar="USD",
+                   help="the dollars the whole run may spend, what was spent before included (default: its budget)")
 
     p = sub.add_parser("sweep", help="run a scenario over a grid of params and replicates; one table of all records")
     p.add_argument("file")
@@ -241,6 +246,16 @@ def _one_line(error: Exception) -> str:
     return f"{type(cause).__name__}: {last.strip()}" if last else type(cause).__name__
 
 
+def _usd(text: str) -> float:
+    """argparse type of --budget: 25usd, $25, 25.50."""
+    from populace.runtime.models.budget import BudgetError, parse_usd
+
+    try:
+        return parse_usd(text)
+    except BudgetError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_run(args) -> int:
     from populace.compiler import compile_file
     from populace.compiler.plan import plan_from_dict
@@ -257,7 +272,8 @@ def cmd_run(args) -> int:
         raw = _with_seed(raw, args.seed)
     plan = plan_from_dict(raw)
     folder = os.path.dirname(os.path.abspath(args.file))  # the scenario's own Python files live here
-    problems = unsupported(plan, replay=args.replay, folder=folder)
+    budget = args.budget if args.budget is not None else plan.settings.get("budget")
+    problems = unsupported(plan, replay=args.replay, folder=folder, budget=budget)
     if problems:
         for p in problems:
             print(f"error: {p}", file=sys.stderr)
@@ -286,7 +302,7 @@ def cmd_run(args) -> int:
                                run_dir=run_dir, display=Progress(quiet=args.quiet), cache=args.cache,
                                replay=args.replay, max_failed=args.max_failed,
                                prompts={"share": args.save_prompts} if args.save_prompts is not None else None,
-                               checkpoint_every=args.checkpoint_every)
+                               checkpoint_every=args.checkpoint_every, budget=budget)
         except OSError as e:
             return _unwritable(e, run_dir)
         except Exception as e:  # the shards could not start (a worker that cannot import a module, ...)
@@ -471,7 +487,7 @@ def cmd_resume(args) -> int:
     try:
         summary = resume_run(args.run_dir, executor=args.executor, address=args.address,
                              display=Progress(quiet=args.quiet),
-                             cache=args.cache, checkpoint_every=args.checkpoint_every)
+                             cache=args.cache, checkpoint_every=args.checkpoint_every, budget=args.budget)
     except ResumeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -509,6 +525,15 @@ def _status_code(summary: dict) -> int:
     from populace.runtime.store.checkpoints import checkpoints_written
 
     status, run_dir = summary["status"], summary["run_dir"]
+    if summary.get("stopped_by") == "budget":
+        from populace.runtime.models.budget import format_usd
+
+        spent, budget = summary.get("cost_usd") or 0.0, summary.get("budget_usd") or 0.0
+        more = max(budget * 2, spent + 1)
+        print(f"stopped by the budget: {format_usd(spent)} of {format_usd(budget)} spent. The calls of the step it "
+              f"stopped in are cached; `populace resume {shlex.quote(os.fspath(run_dir))} --budget {more:g}usd` "
+              "continues from the checkpoint before that step without paying for them again", file=sys.stderr)
+        return 130
     if status != "finished" and checkpoints_written(run_dir):
         kept = "stopped" if status == "stopped" else "failed"
         then = "" if status == "stopped" else (" once the cause is fixed (an error of the scenario itself, such as a "

@@ -50,6 +50,11 @@ class Progress:
             first = event["samples"][0]
             self.console.print(f"  {event['count']} agent errors, e.g. agent {first['agent']}: {first['error']}",
                                highlight=False, markup=False)
+        elif event["type"] == "budget_reached":
+            self.console.print(f"budget reached: ${event.get('spent_usd', 0):,.4f} of ${event.get('budget_usd') or 0:,.2f} "
+                               f"spent; stopped in {event.get('step', '?')}{event.get('iteration', '')} (the calls it "
+                               "made are cached: a resume with a larger --budget does not pay for them again)",
+                               highlight=False, markup=False)
         elif event["type"] == "run_failed":
             self.console.print(f"run failed: {event['error']}", highlight=False, markup=False)
         elif event["type"] in ("run_paused", "run_resumed", "stop_requested"):
@@ -73,7 +78,9 @@ class Progress:
         if in_flight:  # only while an ask to a remote model runs (sampled once a second)
             table.add_row("in flight", f"{in_flight:,.0f} requests")
         cost = sum(m.get("cost_usd") or 0 for m in s.by_model.values() if isinstance(m, dict))
-        if cost:
+        if s.budget_usd is not None:
+            table.add_row("cost so far", f"${cost:,.4f} of the ${s.budget_usd:,.2f} budget ({cost / s.budget_usd:.0%})")
+        elif cost:
             table.add_row("cost so far", f"${cost:,.4f}")
         if s.restarts:
             table.add_row("restarts", f"{len(s.restarts)} shard restart(s)")
@@ -91,7 +98,10 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     table.add_row("model calls", f"{summary['calls']:,}")
     table.add_row("tokens", f"{summary['tokens_in']:,} in / {summary['tokens_out']:,} out")
     cost = summary["cost_usd"]
-    table.add_row("cost", "unknown (no price)" if cost is None else f"${cost:,.4f}")
+    budget = summary.get("budget_usd")
+    of_budget = f" of the ${budget:,.2f} budget" if budget is not None and cost is not None else ""
+    table.add_row("cost", ("unknown (no price)" if cost is None else f"${cost:,.4f}{of_budget}")
+                  + (" — the budget stopped the run" if summary.get("stopped_by") == "budget" else ""))
     answers, errors = summary.get("answers", 0), summary["errors"]
     share = f" of {answers:,} answers ({errors / answers:.1%})" if answers else ""
     table.add_row("failed answers", f"{errors:,}{share}" + (" — why: failures.json" if errors else ""))

@@ -12,7 +12,7 @@ import pytest
 from fake_llm import FakeLLM
 from populace.compiler import compile_file
 from populace.compiler.plan import plan_from_dict
-from populace.runtime.models.llm import Limiter
+from populace.runtime.models.limits import Limiter
 from populace.runtime.engine.run import run_plan
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ from populace.runtime.store import latency
 from populace.runtime.store.rundir import ask_file, partition_dir
 
 from . import failures, ordered
-from .errors import RunFailed
+from .errors import BudgetStop, RunFailed
 from .values import concat
 
 LLM_COUNTS = ("retries", "reasks", "cache_hits", "failures", "cache_read", "cache_write")
@@ -162,6 +162,12 @@ def shard_step(driver, step, variables, label, method, exprs, population=None, c
     else:
         results = executor.call(pop, method, step, context, on_done=shard_done, on_wait=on_wait)
     restart_events(driver, step, label)
+    if method == "ask" and any(r.get("budget") for r in results):
+        # Paid calls of a step that will be redone: counted now (their replies are cached for the redo).
+        driver.emit({"type": "step_interrupted", "step": step.id, "iteration": label, "op": step.OP,
+                     "population": pop, "reason": "budget", "by_model": _by_model(results),
+                     "llm": _llm_stats(driver, step, label, results)})
+        raise BudgetStop(step.id, label)
     seconds = time.monotonic() - began
     event = {"type": "step_finished", "step": step.id, "iteration": label, "op": step.OP, "population": pop,
              "seconds": round(seconds, 4)}
@@ -173,13 +179,7 @@ def shard_step(driver, step, variables, label, method, exprs, population=None, c
             driver.run_dir.write_tables("prompts/" + ask_file(step.id, label)[len("asks/"):], prompts)
         for key in ("agents", "calls", "errors", "tokens_in", "tokens_out"):
             event[key] = sum(r[key] for r in results)
-        by_model: dict = {}
-        for r in results:
-            for model, counts in r.get("by_model", {}).items():
-                acc = by_model.setdefault(model, [0, 0, 0])
-                for i in range(3):
-                    acc[i] += counts[i]
-        event["by_model"] = by_model
+        event["by_model"] = _by_model(results)
         event["llm"] = _llm_stats(driver, step, label, results)
         event["agents_per_second"] = round(event["agents"] / seconds, 1) if seconds > 0 else None
         samples = [x for r in results for x in r["error_samples"]][:20]
@@ -194,6 +194,17 @@ def shard_step(driver, step, variables, label, method, exprs, population=None, c
         failures.step_failed(driver, step, label, event["agents"], event["errors"], samples)
 
 
+def _by_model(results: list) -> dict:
+    """model -> [calls, tokens in, tokens out], added over the shards."""
+    by_model: dict = {}
+    for r in results:
+        for model, counts in r.get("by_model", {}).items():
+            acc = by_model.setdefault(model, [0, 0, 0])
+            for i in range(3):
+                acc[i] += counts[i]
+    return by_model
+
+
 def _in_order(executor, pop: str, step, context: dict, shard_done) -> list:
     """`ask ... in order`: shard after shard, each told the running aggregates' partials of the
     shards before it (ordered.py). Every shard gets each turn's call (only the turn's shard works),
@@ -206,6 +217,8 @@ def _in_order(executor, pop: str, step, context: dict, shard_done) -> list:
             prior = dict(prior, **{key: [*prior.get(key, ()), part]})
         results.append(result)
         shard_done(turn, result)
+        if result.get("budget"):
+            break  # the budget is spent: later shards' turns would be refused too
     return results
 
 

@@ -73,6 +73,9 @@ def ask(shard, step, ctx, only: int | None = None, frame=None) -> dict:
         error_parts.extend(answers.errors)
         value_index.append(sel)
         _count(summary, model_name, sel, answers, shard.ids)
+        if getattr(answers, "budget_hit", False):
+            summary["budget"] = True  # the run's budget is spent: the driver stops the run after this ask
+            break
     if prompts:
         summary["prompts"] = pa.Table.from_pylist(prompts, schema=PROMPT_SCHEMA)
     sel_all = np.concatenate(value_index) if value_index else np.zeros(0, dtype=np.int64)

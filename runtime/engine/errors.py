@@ -14,6 +14,17 @@ class BreakLoop(Exception):
     pass
 
 
+class BudgetStop(Exception):
+    """The run's budget cannot cover another call: the run stops before the step it was in."""
+
+    def __init__(self, step_id: str, label: str):
+        super().__init__(step_id + label)
+        self.step_id, self.label = step_id, label
+
+    def __reduce__(self):
+        return (BudgetStop, (self.step_id, self.label))
+
+
 class RunFailed(Exception):
     """The run cannot go on; carries the step's scenario span for the message."""
 

@@ -11,7 +11,8 @@ import os
 import threading
 import time
 
-from populace.runtime.models.leases import make_pools
+from populace.runtime.models.budget import make_ledger
+from populace.runtime.models.leases import Remote, make_pools
 
 from .shard import Shard
 
@@ -79,7 +80,8 @@ class LocalExecutor:
 
     def __init__(self, plan, shards: int | None, options: dict | None = None, ranges=None):
         self.pools = make_pools(plan)  # one in_flight pool per LLM model, shared by every shard
-        options = dict(options or {}, permits=self.pools)
+        self.ledger = make_ledger((options or {}).get("budget"))  # the run's dollars, drawn on by every shard
+        options = dict(options or {}, permits=self.pools, budget_ledger=self.ledger)
         self.ranges = ranges = ranges or layout(plan, shards, 1)
         known, self.write_usage = agreed_persona_texts(plan, ranges, options)
         self.shards = {pop: [Shard(plan, pop, i, a, b, len(rs), _with_texts(options, known, pop))
@@ -117,6 +119,9 @@ class LocalExecutor:
     def checkpoint_done(self) -> None:
         pass
 
+    def budget_spent(self) -> float:
+        return budget_spent(self.ledger)
+
     restarts: list = []
 
     def close(self) -> None:
@@ -142,7 +147,8 @@ class RayExecutor:
         # One in_flight pool per LLM model for the whole cluster (a tiny actor each): shards borrow
         # and return permits, so a shard that finishes early leaves no share of the limit idle.
         self.pools = make_pools(plan, ray)
-        options = dict(options or {}, permits=self.pools)
+        self.ledger = make_ledger((options or {}).get("budget"), ray)
+        options = dict(options or {}, permits=self.pools, budget_ledger=self.ledger)
         # A token CPU share (SHARD_CPUS): we size the shard pool ourselves; actors asking 1 CPU each
         # would queue forever once there are more shards than CPUs. A shard whose process dies is
         # restarted by Ray and reloads the latest checkpoint; we (not Ray) then replay the agent-changing calls made
@@ -253,6 +259,9 @@ class RayExecutor:
                 raise ShardDied(f"shard {index} of `{population}` died and cannot be restarted again; the run "
                                 "stops, and `populace resume` continues from the last checkpoint") from None
 
+    def budget_spent(self) -> float:
+        return budget_spent(self.ledger)
+
     def checkpoint_done(self) -> None:
         """The driver finished a checkpoint: calls before it need no replay."""
         for calls in self.journal.values():
@@ -266,8 +275,16 @@ class RayExecutor:
         for pool in getattr(self, "pools", {}).values():
             self.ray.kill(pool.handle)
         self.pools = {}
+        if getattr(self, "ledger", None) is not None:
+            self.ray.kill(self.ledger.handle)
+            self.ledger = None
         if self.started_ray:
             self.ray.shutdown()
+
+
+def budget_spent(ledger) -> float:
+    """Dollars the run's ledger has settled (0 without a budget)."""
+    return Remote(ledger).call("stats")["spent"] if ledger is not None else 0.0
 
 
 def make_executor(kind: str, plan, shards: int | None = None, address: str | None = None, options: dict | None = None,

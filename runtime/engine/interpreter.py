@@ -24,19 +24,21 @@ from populace.runtime.environments import builtin as environments
 from populace.runtime.environments.python_kinds import Extensions, scenario_folder
 from populace.runtime.models.base import ModelError
 from populace.runtime.store import checkpoints, records
+from populace.runtime.store.events import read_events
 from populace.runtime.store.fold import RunState
 from populace.runtime.store.rundir import RUN_FORMAT, RunDir, populace_version
 
 from . import agent_steps, failures
-from .errors import BreakLoop, RunFailed, StopRun
+from .errors import BreakLoop, BudgetStop, RunFailed, StopRun
 from .values import Values
 
 
 class Driver:
     def __init__(self, plan: Plan, executor, run_dir: RunDir, listener: Callable[[dict], None] | None = None,
                  should_stop: Callable[[], bool] | None = None, checkpoint_every: int | None = None,
-                 folder: str | None = None, max_failed: float | None = None):
+                 folder: str | None = None, max_failed: float | None = None, budget: float | None = None):
         self.plan = plan
+        self.budget = budget  # dollars the run may spend in all (None: no limit)
         self.executor = executor
         self.run_dir = run_dir
         self.listener = listener
@@ -97,6 +99,7 @@ class Driver:
                    "shards": {p: len(r) for p, r in self.executor.ranges.items()},
                    "agents": {p: pop.size for p, pop in plan.populations.items()},
                    "prices": {name: {"provider": m.provider, "price": m.price} for name, m in plan.models.items()},
+                   **({"budget": self.budget} if self.budget is not None else {}),
                    "scenario_dir": self.folder,  # where a resume finds the scenario's Python files
                    "pid": os.getpid(), "host": socket.gethostname()}  # the monitor tells a dead driver
         if resume is None:
@@ -115,11 +118,18 @@ class Driver:
             status = "finished"
         except KeyboardInterrupt:
             status = "stopped"
+        except BudgetStop as e:
+            status = "stopped"
+            self.budget_stop(e)
         except (RunFailed, EvalError, ModelError) as e:
             failure = str(e)
             self.emit({"type": "run_failed", "error": failure, **({"errors": e.errors} if getattr(e, "errors", None) else {})})
             status = "failed"
         except Exception as e:  # a shard raised (RayTaskError wraps it): record it, fail loudly
+            if isinstance(getattr(e, "cause", None), BudgetStop):  # (an ordered ask's shard, through Ray)
+                status = "stopped"
+                self.budget_stop(e.cause)
+                return self.finish(status, None, None)
             agent_steps.restart_events(self, None, "")  # restarts made before it gave up are events too
             cause = getattr(e, "cause", None) or e  # RayTaskError keeps the shard's own exception
             failure = f"{type(cause).__name__}: {cause}"
@@ -132,6 +142,10 @@ class Driver:
             except OSError:
                 if unwritable is None:
                     raise
+        return self.finish(status, failure, unwritable)
+
+    def finish(self, status: str, failure: str | None, unwritable) -> dict:
+        """summary.json, the tables and run_finished; a file that cannot be written is raised last."""
         seconds = time.monotonic() - self.started + self.elapsed_before
         summary = self.summary(status, seconds)
         if failure:
@@ -159,7 +173,15 @@ class Driver:
             "calls": st.calls, "tokens_in": st.tokens_in, "tokens_out": st.tokens_out,
             "errors": st.errors, "answers": st.answers, "max_failed": self.max_failed, "models": st.by_model,
             "cost_usd": None if st.cost_usd is None else round(st.cost_usd, 6), "run_dir": self.run_dir.path,
+            **({"budget_usd": self.budget} if self.budget is not None else {}),
+            **({"stopped_by": st.stopped_by} if st.stopped_by else {}),
         }
+
+    def budget_stop(self, stop: BudgetStop) -> None:
+        """The budget cannot cover another call: say where the run stopped and what was spent."""
+        spent = self.executor.budget_spent()
+        self.emit({"type": "budget_reached", "budget_usd": self.budget, "spent_usd": round(spent, 6),
+                   "step": stop.step_id, "iteration": stop.label, "checkpoint": self.seq})
 
     # ---------------------------------------------------------------- position, checkpoints, resume
     # `frames[d]` says where the run is at loop depth d: the step index in that block, its
@@ -218,7 +240,7 @@ class Driver:
         self.seq = state["seq"]
         self.resume = state["frames"]
         self.env = state["env"]
-        self.state = RunState.restored(checkpoints.fold_of(state))
+        self.state = self._events_fold(state["seq"]) or RunState.restored(checkpoints.fold_of(state))
         self.shard_steps = state["shard_steps"]
         saved_groups = state.get("regroups")
         self.regroups = dict(saved_groups) if isinstance(saved_groups, dict) else {}
@@ -232,6 +254,16 @@ class Driver:
             self.checkpoint_every = saved_every  # `run --checkpoint-every N` holds for the resume too
         self.run_dir.truncate_metrics(state["metrics_lines"])
         self.run_dir.clear_control()
+
+    def _events_fold(self, seq: int) -> RunState | None:
+        """The fold of the run's events so far, when it holds checkpoint `seq`: the run_started
+        this resume emits then rolls it back to that checkpoint the way every other reader of the
+        events does (keeping the paid calls of the steps that will be redone). None: use driver.json."""
+        try:
+            state = RunState.from_events(read_events(self.run_dir.file("events.jsonl")))
+        except (OSError, ValueError):
+            return None
+        return state if seq in state.snapshots else None
 
     def controls(self, step: s.Step, label: str) -> None:
         """Between steps: obey `control.json` in the run directory (pause, resume, stop).

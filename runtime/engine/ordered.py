@@ -66,6 +66,8 @@ def ask_in_order(shard, step, ctx, prior: dict, turn: int) -> dict | None:
                                                     [shard._partial(spec, frame, ctx)])
         own = _one(shard, local) if alone else None  # render this agent's prompt only, not everyone's
         parts.append(asking.ask(shard, step, ctx, only=local, frame=own))
+        if parts[-1].get("budget"):
+            break  # the run's budget is spent: the run stops after this ask
     frame = shard.frame()
     summary = merge(parts) if parts else asking.ask(shard, step, ctx)  # none selected here: an empty summary
     summary["running"] = {agg_key(spec): shard._partial(spec, frame, ctx) for spec in specs}
@@ -106,6 +108,8 @@ def merge(parts: list[dict]) -> dict:
                 acc[key] += log[key]
             acc["latencies"].extend(log["latencies"][:max(2000 - len(acc["latencies"]), 0)])
             acc["events"].extend(log["events"])
+    if any(p.get("budget") for p in parts):
+        out["budget"] = True
     out["table"] = pa.concat_tables([p["table"] for p in parts])
     prompts = [p["prompts"] for p in parts if "prompts" in p]
     if prompts:

@@ -1,6 +1,6 @@
 """What stops a run before it starts: parts this runtime lacks, API keys not set, imports that fail.
 
-In: a typed Plan (and whether the run replays from its cache, and the scenario's folder). Out: a
+In: a typed Plan (and whether the run replays from its cache, the scenario's folder, its budget). Out: a
 list of problems, one line each, for the CLI to print before anything is spent.
 """
 from __future__ import annotations
@@ -22,10 +22,13 @@ def used_models(plan: Plan) -> set[str]:
     return used
 
 
-def unsupported(plan: Plan, replay: bool = False, folder: str | None = None) -> list[str]:
+def unsupported(plan: Plan, replay: bool = False, folder: str | None = None, budget: float | None = None) -> list[str]:
     problems = []
     for name in sorted(used_models(plan)):
         model = plan.models[name]
+        if budget is not None and not model.offline and not model.price:
+            problems.append(f"a budget needs the price of every model it pays for: give model `{name}` "
+                            f"price = {{input: USD, output: USD}} (per million tokens)")
         key_env = model.settings.get("api_key_env")
         if not model.offline and not replay and key_env and not os.environ.get(key_env):
             problems.append(f"model `{name}` ({model.provider}) needs its API key in the environment variable "

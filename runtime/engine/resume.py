@@ -13,7 +13,9 @@ import os
 from populace.compiler.plan import PlanError, read_plan
 
 from populace.runtime.store.checkpoints import checkpoints, checkpoints_written
+from populace.runtime.models.budget import format_usd
 from populace.runtime.store.events import read_events
+from populace.runtime.store.fold import RunState
 from populace.runtime.store.rundir import NewerFormatError, RunDir, RunDirBusy, lock
 
 from .executors import make_executor
@@ -25,14 +27,16 @@ class ResumeError(Exception):
 
 
 def resume_run(run_dir: str, executor: str | None = None, address: str | None = None, display=None,
-               listener=None, cache: str | None = None, checkpoint_every: int | None = None) -> dict:
+               listener=None, cache: str | None = None, checkpoint_every: int | None = None,
+               budget: float | None = None) -> dict:
     """Continue the run in `run_dir` from its newest usable checkpoint; ResumeError says why not.
-    `executor`: where the shards go; None keeps the one the run started with."""
+    `executor`: where the shards go; None keeps the one the run started with. `budget`: the dollars
+    the whole run may spend, what was spent before included; None keeps the run's budget, if any."""
     held: dict = {}  # the lock's fd until the run directory takes it over (and releases it when done)
     try:
         if os.path.isdir(run_dir):
             held["fd"] = lock(run_dir)  # before anything starts: another driver may still be writing here
-        return _resume(run_dir, executor, address, display, listener, cache, checkpoint_every, held)
+        return _resume(run_dir, executor, address, display, listener, cache, checkpoint_every, held, budget)
     except RunDirBusy as e:
         raise ResumeError(str(e)) from None
     finally:
@@ -40,7 +44,7 @@ def resume_run(run_dir: str, executor: str | None = None, address: str | None = 
             os.close(held.pop("fd"))
 
 
-def _resume(run_dir, executor, address, display, listener, cache, checkpoint_every, held) -> dict:
+def _resume(run_dir, executor, address, display, listener, cache, checkpoint_every, held, budget=None) -> dict:
     from .run import model_environment
 
     try:
@@ -50,17 +54,25 @@ def _resume(run_dir, executor, address, display, listener, cache, checkpoint_eve
     finished = _finished(run_dir)
     if finished:
         raise ResumeError(f"{run_dir} {finished}; there is nothing to resume (run the scenario again for a new run)")
-    folder, started_on = None, None
+    folder, started_on, paid = None, None, RunState()
     try:
         if os.path.exists(os.path.join(run_dir, "events.jsonl")):
             events = read_events(os.path.join(run_dir, "events.jsonl"))  # a newer format raises
             starts = [e for e in events if e["type"] == "run_started"]
             folder = next((e["scenario_dir"] for e in starts if isinstance(e.get("scenario_dir"), str)), None)
             started_on = next((e["executor"] for e in starts if e.get("executor") in ("local", "ray")), None)
+            paid = RunState.from_events(events)
     except NewerFormatError as e:
         raise ResumeError(f"{run_dir} cannot be resumed: {e}") from None
+    spent = paid.cost_usd or 0.0  # every call paid so far, the steps to be redone included
+    if budget is None and paid.stopped_by == "budget" or budget is not None and spent >= budget:
+        limit = budget if budget is not None else paid.budget_usd or 0.0
+        raise ResumeError(f"{run_dir} has spent {format_usd(spent)} of {'its' if budget is None else 'a'} "
+                          f"{format_usd(limit)} budget; resume it with a larger one, such as "
+                          f"--budget {_more(spent)}usd (what was spent counts)")
+    budget = paid.budget_usd if budget is None else budget  # the run's own budget holds until one is given
     executor = executor or started_on or "ray"  # a local run resumes locally: it may have no cluster at all
-    problems = unsupported(plan, folder=folder)
+    problems = unsupported(plan, folder=folder, budget=budget)
     if problems:
         raise ResumeError("; ".join(problems))
     try:
@@ -78,7 +90,8 @@ def _resume(run_dir, executor, address, display, listener, cache, checkpoint_eve
         options = {"cache": os.path.abspath(cache or os.path.join(run_dir, "cache.sqlite")), "replay": False,
                    "environment": model_environment(plan), "restore": directory,
                    "checkpoints": os.path.abspath(os.path.join(run_dir, "checkpoints")),
-                   "restartable": plan.settings.get("checkpoint_every", 1) == 1, "scenario_dir": folder}
+                   "restartable": plan.settings.get("checkpoint_every", 1) == 1, "scenario_dir": folder,
+                   "budget": {"limit": budget, "spent": spent} if budget is not None else None}
         try:
             ex = make_executor(executor, plan, address=address, options=options, ranges=ranges)
         except Exception as e:  # a corrupt shard file: try the checkpoint before
@@ -87,7 +100,7 @@ def _resume(run_dir, executor, address, display, listener, cache, checkpoint_eve
                 raise ResumeError(f"{run_dir} cannot be resumed: {_first_line(cause)}") from None
             errors.append(f"{os.path.basename(directory)}: {cause}")
             continue
-        return _finish(plan, ex, run_dir, state, display, listener, folder, checkpoint_every, held)
+        return _finish(plan, ex, run_dir, state, display, listener, folder, checkpoint_every, held, budget)
     again = "run the scenario again"
     if os.path.exists(os.path.join(run_dir, "cache.sqlite")):
         again += " (with --cache pointing at its cache.sqlite, so answers already paid for are reused)"
@@ -133,8 +146,18 @@ def _first_line(error) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
-def _finish(plan, ex, run_dir, state, display, listener, folder=None, checkpoint_every=None, held=None) -> dict:
+def _finish(plan, ex, run_dir, state, display, listener, folder=None, checkpoint_every=None, held=None,
+            budget=None) -> dict:
     from .run import drive
 
     directory = RunDir(run_dir, lock_fd=held.pop("fd", None) if held is not None else None)
-    return drive(plan, ex, directory, display, listener, resume=state, folder=folder, checkpoint_every=checkpoint_every)
+    return drive(plan, ex, directory, display, listener, resume=state, folder=folder, checkpoint_every=checkpoint_every,
+                 budget=budget)
+
+
+def _more(spent: float) -> str:
+    """A round budget above `spent`, for the hint: 3.2 -> 7, 41 -> 82."""
+    import math
+
+    target = max(spent * 2, spent + 1)
+    return f"{math.ceil(target):g}"

@@ -19,32 +19,36 @@ from .preflight import used_models
 def run_plan(plan, executor: str = "ray", shards: int | None = None, address: str | None = None,
              run_dir: str | None = None, display=None, listener=None, cache: str | None = None,
              replay: bool = False, checkpoint_every: int | None = None, should_stop=None,
-             folder: str | None = None, max_failed: float | None = None, prompts: dict | None = None) -> dict:
+             folder: str | None = None, max_failed: float | None = None, prompts: dict | None = None,
+             budget: float | None = None) -> dict:
     """`cache`: the response cache (default: cache.sqlite in the run directory); `replay`: refuse
     any model call whose reply is not in the cache; `should_stop()`: asked between steps, True
     ends the run as stopped (a sweep's Ctrl-C reaches runs in other threads this way); `folder`: the
     scenario's folder, where its own Python (extensions, python models) is imported from; `max_failed`:
     the share of failed answers in one ask above which the run fails (default: the scenario's, 5%);
     `prompts`: whose exact requests to keep under prompts/ ({"share": 0.01} a sample of agents, or
-    {"agents": [17], "step": "step:ask.guess", "iteration": "[round=3]"})."""
+    {"agents": [17], "step": "step:ask.guess", "iteration": "[round=3]"}); `budget`: dollars the run
+    may spend (models/budget.py), else the scenario's `budget`, else no limit."""
+    budget = plan.settings.get("budget") if budget is None else budget
     directory = RunDir(run_dir or new_run_dir(plan.scenario.name))
     every = plan.settings.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
     options = {"cache": os.path.abspath(cache or directory.file("cache.sqlite")), "replay": replay,
                "environment": model_environment(plan),
                "checkpoints": os.path.abspath(directory.file("checkpoints")), "restartable": every == 1,
-               "scenario_dir": folder, "prompts": prompts}
+               "scenario_dir": folder, "prompts": prompts,
+               "budget": {"limit": budget, "spent": 0.0} if budget is not None else None}
     try:
         ex = make_executor(executor, plan, shards, address, options)
     except BaseException:
         directory.close()
         raise
     return drive(plan, ex, directory, display, listener, checkpoint_every=checkpoint_every, should_stop=should_stop,
-                 folder=folder, max_failed=max_failed)
+                 folder=folder, max_failed=max_failed, budget=budget)
 
 
 def drive(plan, ex, directory: RunDir, display=None, listener=None, resume: dict | None = None,
           checkpoint_every: int | None = None, should_stop=None, folder: str | None = None,
-          max_failed: float | None = None) -> dict:
+          max_failed: float | None = None, budget: float | None = None) -> dict:
     """Run (or, with `resume`, continue) the driver; close the executor and files."""
     try:
         with display if display is not None else contextlib.nullcontext():
@@ -55,7 +59,8 @@ def drive(plan, ex, directory: RunDir, display=None, listener=None, resume: dict
                     listener(event)
 
             return Driver(plan, ex, directory, listen, should_stop=should_stop,
-                          checkpoint_every=checkpoint_every, folder=folder, max_failed=max_failed).run(resume=resume)
+                          checkpoint_every=checkpoint_every, folder=folder, max_failed=max_failed,
+                          budget=budget).run(resume=resume)
     finally:
         ex.close()
         directory.close()

@@ -313,10 +313,15 @@ def make_model(model, shard_index: int = 0, shards: int = 1, options: dict | Non
     options = options or {}
     cache = ResponseCache(options["cache"]) if options.get("cache") else None
     pool = (options.get("permits") or {}).get(model.name)
-    lease = None
+    holder = holder if holder is not None else ("", shard_index)
+    lease = budget = None
     if pool is not None:
         from .leases import Lease
 
-        lease = Lease(pool, holder if holder is not None else ("", shard_index))
+        lease = Lease(pool, holder)
+    if options.get("budget_ledger") is not None:
+        from .budget import Allowance
+
+        budget = Allowance(options["budget_ledger"], (model.name, *holder))
     return LLMModel(model, shard_index, shards, cache, bool(options.get("replay")), options.get("environment"),
-                    lease=lease)
+                    lease=lease, budget=budget)

@@ -94,20 +94,28 @@ class RemotePool:
         return self._handle
 
 
+class Remote:
+    """Calls on a plain object, or on the Ray actor a RemotePool names: the same code for both."""
+
+    def __init__(self, target):
+        self.target = target
+        self.is_actor = isinstance(target, RemotePool)
+
+    def call(self, method: str, *args):
+        if not self.is_actor:
+            return getattr(self.target, method)(*args)
+        import ray
+
+        return ray.get(getattr(self.target.handle, method).remote(*args))
+
+
 class Lease:
     """A shard's side of a pool: the same calls on a plain object or a Ray actor handle."""
 
     def __init__(self, pool, holder):
         self.pool, self.holder = pool, holder
-        self.remote = isinstance(pool, RemotePool)
+        self._call = Remote(pool).call
         self._call("reset", holder)
-
-    def _call(self, method: str, *args):
-        if not self.remote:
-            return getattr(self.pool, method)(*args)
-        import ray
-
-        return ray.get(getattr(self.pool.handle, method).remote(*args))
 
     def take(self, want: int) -> tuple[int, float]:
         return self._call("take", self.holder, want) if want > 0 else (0, 0.0)

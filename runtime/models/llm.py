@@ -13,23 +13,26 @@ then the agent's value is missing with the error. Every reply that arrives goes 
 first. `in_flight` is one pool per model for the whole run (leases.py): a shard borrows what is
 free while it has agents waiting and gives each permit back when its queue is empty; a Retry-After
 pauses every shard. `per_minute` and `tokens_per_minute` are split statically: shard i of n gets
-limit/n (at least 1), so their sum holds the declared limit across the cluster.
+limit/n (at least 1), so their sum holds the declared limit across the cluster (limits.py). With
+a budget (budget.py), each attempt first sets aside its worst-case cost; a refused one ends the ask
+(`budget_hit`): the calls in flight finish, and the driver stops the run before the step.
 """
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import replies, requests
+from .limits import Limiter, share
+from .retry import RETRY_STATUS, backoff, is_connection_error, retry_after, short
+from .budget import BudgetReached, priced_usd, worst_case
 from .cache import ResponseCache, request_key
 from .base import Answers, AskBatch, ModelError, empty_values
 
-RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504, 529)
 MAX_LOGGED = 50
 
 
@@ -52,48 +55,9 @@ class CallLog:
             self.events.append(event)
 
 
-class Limiter:
-    """This shard's share of a model's per-minute limits: requests and tokens, in a sliding minute."""
-
-    def __init__(self, per_minute: float | None, tokens_per_minute: float | None, window: float = 60.0):
-        self.window = window  # seconds; tests shrink it
-        self.per_minute = per_minute
-        self.tokens_per_minute = tokens_per_minute
-        self.requests: list[float] = []
-        self.tokens: list[tuple[float, int]] = []
-        self.lock = asyncio.Lock()
-
-    async def acquire(self, tokens: int) -> None:
-        if not self.per_minute and not self.tokens_per_minute:
-            return
-        async with self.lock:
-            while True:
-                now = time.monotonic()
-                self.requests = [t for t in self.requests if now - t < self.window]
-                self.tokens = [(t, k) for t, k in self.tokens if now - t < self.window]
-                wait = 0.0
-                if self.per_minute and len(self.requests) >= self.per_minute:
-                    wait = max(wait, self.window - (now - self.requests[0]))
-                used = sum(k for _, k in self.tokens)
-                if self.tokens_per_minute and self.tokens and used + tokens > self.tokens_per_minute:
-                    wait = max(wait, self.window - (now - self.tokens[0][0]))
-                if wait <= 0:
-                    self.requests.append(now)
-                    self.tokens.append((now, tokens))
-                    return
-                await asyncio.sleep(min(wait, 1.0))
-
-
-def share(limit, index: int, shards: int):
-    if not limit:
-        return None
-    base, rest = divmod(int(limit), shards)
-    return max(1, base + (1 if index < rest else 0))
-
-
 class LLMModel:
     def __init__(self, model, shard_index: int, shards: int, cache: ResponseCache | None, replay: bool,
-                 environment: dict | None = None, lease=None):
+                 environment: dict | None = None, lease=None, budget=None):
         self.name = model.name
         self.provider = model.provider
         self.settings = model.settings
@@ -102,6 +66,9 @@ class LLMModel:
         self.lease = lease
         self.in_flight = int(limits.in_flight) if lease is not None else share(limits.in_flight, shard_index, shards)
         self.paused_until = 0.0  # monotonic: a Retry-After another shard was told
+        self.budget = budget  # the run's hard budget (budget.py Allowance), or None
+        self.price = model.price or {}
+        self.budget_hit = False  # a call was refused in this ask: take no more agents
         self.per_minute = share(limits.per_minute, shard_index, shards)
         self.tokens_per_minute = share(limits.tokens_per_minute, shard_index, shards)
         self.max_retries = int(self.settings.get("max_retries", 4))
@@ -194,9 +161,13 @@ class LLMModel:
                 return hit[0], None
         if self.replay:
             return None, "not in the cache (--replay refuses new calls)"
-        estimate = sum(len(m["content"]) for m in messages) // 4 + len(system or "") // 4
+        chars = sum(len(m["content"]) for m in messages) + len(system or "")
+        estimate = chars // 4
+        worst = worst_case(self.price, chars, int(self.settings.get("max_tokens", 256))) if self.budget else 0.0
         last_error = ""
         for attempt in range(self.max_retries + 1):
+            if self.budget is not None and not await self.budget.reserve(worst):
+                raise BudgetReached(f"model `{self.name}`: the run's budget cannot cover another call")
             await self.limiter.acquire(estimate)
             while time.monotonic() < self.paused_until:  # a provider asked a shard of this run to wait
                 await asyncio.sleep(self.paused_until - time.monotonic())
@@ -206,21 +177,26 @@ class LLMModel:
                 text, usage = await self._counted(client, system, messages)
             except Exception as e:  # classified below: retry what can succeed later, fail the rest
                 status = getattr(e, "status_code", None)
-                retryable = status in RETRY_STATUS or status is None and _is_connection_error(e)
-                last_error = f"{type(e).__name__}" + (f" {status}" if status else "") + f": {_short(e)}"
+                retryable = status in RETRY_STATUS or status is None and is_connection_error(e)
+                last_error = f"{type(e).__name__}" + (f" {status}" if status else "") + f": {short(e)}"
+                if self.budget is not None:
+                    self.budget.settle(worst, 0.0)  # a refused request is not billed
                 if not retryable or attempt == self.max_retries:
                     log.failures += 1
                     log.note({"type": "model_failed", "model": self.name, "agent": agent, "error": last_error,
                               "attempts": attempt + 1})
                     return None, last_error
-                delay = _backoff(attempt, e)
-                if self.lease is not None and _retry_after(e) is not None:  # every shard waits, not only this one
+                delay = backoff(attempt, e)
+                if self.lease is not None and retry_after(e) is not None:  # every shard waits, not only this one
                     await asyncio.get_running_loop().run_in_executor(None, self.lease.pause, delay)
                 log.retries += 1
                 log.note({"type": "model_retry", "model": self.name, "agent": agent, "error": last_error,
                           "attempt": attempt + 1, "delay": round(delay, 3)})
                 await asyncio.sleep(delay)
                 continue
+            if self.budget is not None:
+                self.budget.settle(worst, priced_usd(self.price, usage["input"], usage["output"],
+                                                     usage["cache_read"], usage["cache_write"]))
             log.calls += 1
             log.latencies.append(time.monotonic() - began)
             log.tokens_in += usage["input"]
@@ -281,27 +257,41 @@ class LLMModel:
         for i in range(n):
             queue.put_nowait(i)
 
+        self.budget_hit = False
+
         async def worker():
-            while True:
+            while not self.budget_hit:
                 try:
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
                 prompt = requests.user_text(prompts[i], batch.output, batch.verbatim)
-                value, text, error = await self._agent(clients, batch, i, prompt, systems[i], log)
+                try:
+                    value, text, error = await self._agent(clients, batch, i, prompt, systems[i], log)
+                except BudgetReached:
+                    # No more calls: the ones in flight finish and are cached; the run stops after the ask.
+                    self.budget_hit = True
+                    while not queue.empty():
+                        queue.get_nowait()
+                    return
                 texts[i], errors[i] = text, error
                 if error is None:
                     values[i] = value if not isinstance(value, bool) else float(value)
 
-        if self.lease is None:
-            await asyncio.gather(*(worker() for _ in range(min(self.in_flight, n) or 1)))
-        else:
-            await self._borrowing(queue, worker)
+        try:
+            if self.lease is None:
+                await asyncio.gather(*(worker() for _ in range(min(self.in_flight, n) or 1)))
+            else:
+                await self._borrowing(queue, worker)
+        finally:
+            if self.budget is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.budget.give_back)
         if self.cache is not None:
             await asyncio.to_thread(self.cache.flush)  # the step's replies are on disk before it ends
         answers = Answers(values=values, replies=texts, errors=errors, tokens_in=log.tokens_in,
                           tokens_out=log.tokens_out, calls=log.calls)
         answers.log = log
+        answers.budget_hit = self.budget_hit
         return answers
 
     async def _borrowing(self, queue: asyncio.Queue, worker) -> None:
@@ -347,39 +337,12 @@ class LLMModel:
                          where="write", seed=seed)
         answers = self.ask(batch)
         self.last_write_log = answers.log  # the shard folds it into the run's calls, tokens and cost
+        if answers.budget_hit:
+            raise ModelError(f"model `{self.name}`: the run's budget was spent before the persona texts were written")
         failed = [e for e in answers.errors if e]
         if failed:
             raise ModelError(f"model `{self.name}` could not write {len(failed)} persona text(s): {failed[0]}")
         return [str(v) for v in answers.values.tolist()]
 
 
-def _is_connection_error(e: Exception) -> bool:
-    names = {c.__name__ for c in type(e).__mro__}
-    return bool(names & {"APIConnectionError", "APITimeoutError", "ConnectionError", "TimeoutError"})
-
-
-def _backoff(attempt: int, e: Exception) -> float:
-    response = getattr(e, "response", None)
-    headers = getattr(response, "headers", None) or {}
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name) if hasattr(headers, "get") else None
-        if value:
-            try:
-                return min(float(value) * scale, 120.0)
-            except ValueError:
-                pass
-    # Exponential backoff with full jitter: 0.5 s, 1 s, 2 s, ... capped at 30 s.
-    return random.uniform(0, min(30.0, 0.5 * 2 ** attempt))
-
-
-def _retry_after(e: Exception):
-    headers = getattr(getattr(e, "response", None), "headers", None) or {}
-    return (headers.get("retry-after-ms") or headers.get("retry-after")) if hasattr(headers, "get") else None
-
-
-def _short(e: Exception) -> str:
-    text = str(e).replace("\n", " ")
-    return text if len(text) < 200 else text[:197] + "..."
-
-
-__all__ = ["LLMModel", "Limiter", "share"]
+__all__ = ["LLMModel", "Limiter", "share"]  # Limiter and share: limits.py, named here for older imports

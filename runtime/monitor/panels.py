@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 
+from populace.runtime.store.fold import model_cost
 from populace.runtime.store.rundir import ask_file
 
 MAX_SHARDS_SHOWN = 10_000  # a damaged event may claim any number; no run has more shards than this
@@ -134,14 +135,3 @@ class Panels:
     def ask_files(self) -> list[tuple[str, str, str]]:
         """(step id, iteration, path) of every finished ask, oldest first."""
         return list(self.asks)
-
-
-def model_cost(model: dict, counts: dict) -> float | None:
-    """Dollars so far from the plan's prices (per million tokens); offline models cost nothing."""
-    if model.get("provider") in ("mock", "python"):
-        return 0.0
-    price = model.get("price")
-    if not price:
-        return None
-    return (counts.get("tokens_in", 0) * price.get("input", 0) + counts.get("tokens_out", 0) * price.get("output", 0)) / 1e6
-

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, fields
 
+from populace.runtime.models.budget import priced_usd
+
 from . import latency
 
 from .rundir import check_format
@@ -57,6 +59,8 @@ class RunState:
     failure: str = ""
     checkpoint_seq: int = 0
     snapshots: dict = field(default_factory=dict)  # checkpoint seq -> what the fold was then
+    budget_usd: float | None = None  # the run's hard budget (run_started), if it has one
+    stopped_by: str = ""  # "budget" when the budget ended the run
 
     # ---------------------------------------------------------------- folding
     def apply(self, e: dict) -> None:
@@ -81,8 +85,13 @@ class RunState:
         check_format(e.get("format"), "events.jsonl", e.get("populace_version"))
         resumed = e.get("resumed_from")
         if _whole(resumed) and resumed in self.snapshots:
+            paid = self._paid()
             self._restore(self.snapshots[resumed])
+            self._keep_paid(paid)
         self.status = "running"
+        self.stopped_by = ""
+        budget = e.get("budget")
+        self.budget_usd = float(budget) if _is_number(budget) else None
         self.failure = ""
         self.current = ""
         self.scenario, self.plan_hash, self.executor = _text(e, "scenario"), _text(e, "plan_hash"), _text(e, "executor")
@@ -110,6 +119,13 @@ class RunState:
             self.answers += _number(e, "agents")
         self.errors += _number(e, "errors")
         self._usage(e.get("by_model"), e.get("llm"))
+
+    def _step_interrupted(self, e):
+        """A step cut short (the budget ran out): its calls were paid, its agents count when it is redone."""
+        self._usage(e.get("by_model"), e.get("llm"))
+
+    def _budget_reached(self, e):
+        self.stopped_by = "budget"
 
     def _personas_written(self, e):
         """Calls and tokens spent writing persona texts before the first step."""
@@ -204,6 +220,21 @@ class RunState:
     _KEPT = ("steps_done", "agents_done", "agent_seconds", "calls", "tokens_in", "tokens_out", "errors", "answers",
              "error_samples", "records", "by_model", "latencies", "restarts", "checkpoint_seq")
 
+    # Calls to a provider were paid even when their step is redone after a resume (the redo finds
+    # their replies in the response cache), so a rollback keeps the usage of priced models: their
+    # calls, tokens and cost count once, as in an uninterrupted run. Offline models' calls are made
+    # again on the redo, so theirs roll back.
+    def _paid(self) -> dict:
+        return copy.deepcopy({name: (m, self.latencies.get(name)) for name, m in self.by_model.items()
+                              if self.prices.get(name, {}).get("provider") not in ("mock", "python", None)})
+
+    def _keep_paid(self, paid: dict) -> None:
+        for name, (m, hist) in paid.items():
+            self.by_model[name] = m
+            if hist is not None:
+                self.latencies[name] = hist
+        self.calls, self.tokens_in, self.tokens_out = (sum(_number(m, k) for m in self.by_model.values()) for k in COUNTED)
+
     def _snapshot(self) -> dict:
         return copy.deepcopy({k: getattr(self, k) for k in self._KEPT})
 
@@ -253,7 +284,8 @@ _HANDLERS = {
     "personas_written": RunState._personas_written, "agent_errors": RunState._agent_errors,
     "record": RunState._record, "models": RunState._models, "calls_in_flight": RunState._calls_in_flight,
     "shards": RunState._shards, "shard_restarted": lambda s, e: s.restarts.append(e),
-    "checkpoint": RunState._checkpoint,
+    "checkpoint": RunState._checkpoint, "step_interrupted": RunState._step_interrupted,
+    "budget_reached": RunState._budget_reached,
     "run_paused": lambda s, e: setattr(s, "status", "paused"),
     "run_resumed": lambda s, e: setattr(s, "status", "running"),
     "run_finished": RunState._run_finished, "run_failed": RunState._run_failed,
@@ -269,9 +301,8 @@ def model_cost(priced: dict, counts: dict) -> float | None:
     price = priced.get("price")
     if not isinstance(price, dict) or not price:
         return None
-    return (_number(counts, "tokens_in") * price.get("input", 0) + _number(counts, "tokens_out") * price.get("output", 0)
-            + _number(counts, "cache_read") * price.get("cache_read", price.get("input", 0))
-            + _number(counts, "cache_write") * price.get("cache_write", price.get("input", 0))) / 1e6
+    return priced_usd(price, _number(counts, "tokens_in"), _number(counts, "tokens_out"),
+                      _number(counts, "cache_read"), _number(counts, "cache_write"))
 
 
 def _is_number(value) -> bool:
