@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="show the plan for people: steps, calls, tokens and cost")
     p.add_argument("file")
     _add_set(p)
+    p.add_argument("--budget", type=_usd, metavar="USD", help="say whether this budget covers the estimate")
 
     p = sub.add_parser("run", help="run a scenario")
     p.add_argument("file")
@@ -456,7 +457,7 @@ def cmd_explain(args) -> int:
 
     compiled = compile_file(args.file, args.overrides)
     _print_warnings(compiled)
-    sys.stdout.write(explain(compiled))
+    sys.stdout.write(explain(compiled, budget=args.budget))
     return 0
 
 

@@ -102,6 +102,11 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     of_budget = f" of the ${budget:,.2f} budget" if budget is not None and cost is not None else ""
     table.add_row("cost", ("unknown (no price)" if cost is None else f"${cost:,.4f}{of_budget}")
                   + (" — the budget stopped the run" if summary.get("stopped_by") == "budget" else ""))
+    for name, m in sorted((summary.get("models") or {}).items()):
+        if "prompt_cache_hit_rate" in m:
+            saved = m.get("prompt_cache_saved_usd")
+            table.add_row(f"prompt cache ({name})", f"{m['prompt_cache_hit_rate']:.0%} of input tokens read from the "
+                          "provider's cache" + (f", saved ${saved:,.4f}" if saved is not None else ""))
     answers, errors = summary.get("answers", 0), summary["errors"]
     share = f" of {answers:,} answers ({errors / answers:.1%})" if answers else ""
     table.add_row("failed answers", f"{errors:,}{share}" + (" — why: failures.json" if errors else ""))

@@ -33,6 +33,9 @@ class _Usage:
     output_tokens: int = 0
     cost: float = 0.0
     cost_known: bool = True
+    cache_read: int = 0  # input tokens the provider's prompt cache could serve (estimate)
+    cache_write: int = 0
+    cache_short: int = 0  # tokens of system prompts too short to be cached
 
 
 @dataclass
@@ -41,6 +44,7 @@ class _Explainer:
     lines: list = field(default_factory=list)
     usage: dict = field(default_factory=dict)  # model -> _Usage
     bounded: bool = True  # False once a count is unknown before the run (totals are then per known part)
+    budget: float | None = None  # dollars (--budget, else the scenario's `budget`)
 
     # ---------------------------------------------------------------- expression text
     def text(self, ir) -> str:
@@ -125,6 +129,8 @@ class _Explainer:
         """Characters of a prompt: its static text plus a typical size for each interpolated value."""
         if ir is None:
             return 0
+        if isinstance(ir.get("lit"), str):  # a text without interpolation: its own length
+            return len(ir["lit"])
         if "template" not in ir:
             return self.part_chars(ir, persona, population)
         total = 0
@@ -266,6 +272,21 @@ class _Explainer:
         cost = calls * (input_tokens * price["input"] + output_tokens * price["output"]) / 1e6
         usage.cost += cost
         return _dollars(cost)
+
+    def prompt_cache(self, model_name: str, calls: int, distinct: int, system_tokens: int) -> None:
+        """The provider's prompt cache on the system prompt (Anthropic: marked with cache_control;
+        OpenAI: its automatic prefix cache): the first call of each distinct system prompt writes
+        it, the others read it, when it is at least the model's minimum cacheable length."""
+        model = self.plan["models"][model_name]
+        if model["provider"] not in ("anthropic", "openai") or not model["settings"].get("cache_prefix", True):
+            return
+        usage = self.usage[model_name]
+        if system_tokens < min_cacheable(model):
+            usage.cache_short = max(usage.cache_short, system_tokens)
+            return
+        writes = min(distinct, calls)
+        usage.cache_write += writes * system_tokens if model["provider"] == "anthropic" else 0
+        usage.cache_read += (calls - writes) * system_tokens
 
     def output_tokens(self, model_name: str, ty: dict) -> int:
         if ty["kind"] == "str":
@@ -429,6 +450,9 @@ class _Explainer:
             input_tokens = round(_tokens(system_chars) + _tokens(prompt_chars) * (1 + held) + output_tokens * held)
             calls = kind["count"] * times
             cost = self.charge(model, calls, input_tokens, output_tokens)
+            if agent["system"]:
+                systems = self.distinct(pop["persona"], [agent["system"]], kind["count"])
+                self.prompt_cache(model, calls, kind["count"] if systems is None else systems, _tokens(system_chars))
             each = f" x {times:,} times" if times != 1 else ""
             prompts = f"{distinct:,} distinct prompt{'s' if distinct != 1 else ''} per step" if distinct is not None else "one prompt per agent"
             self.lines.append(f"{pad}  {kind['agent']}: {kind['count']:,} agents{each} = {calls:,} calls{some} to {model}; {prompts}")
@@ -458,6 +482,53 @@ class _Explainer:
             known = known and usage.cost_known
         self.lines.append(f"  all models: {calls:,} calls, {inp:,} input tokens, {outp:,} output tokens, "
                           f"{_dollars(cost)}{'' if known else ' plus models of unknown price'}")
+        self.cache_lines()
+        self.budget_line(cost, known)
+
+    def cache_lines(self) -> None:
+        for name, usage in sorted(self.usage.items()):
+            model = self.plan["models"][name]
+            if model["provider"] not in ("anthropic", "openai") or not usage.input_tokens:
+                continue
+            if usage.cache_read or usage.cache_write:
+                price = model.get("price") or {}
+                full = price.get("input")
+                saved = None if full is None else (usage.cache_read * (full - price.get("cache_read", full))
+                                                   - usage.cache_write * (price.get("cache_write", full) - full)) / 1e6
+                self.lines.append(f"  prompt cache ({name}): ~{usage.cache_read / usage.input_tokens:.0%} of input tokens "
+                                  "could be cache reads (system prompts repeated within the cache's 5 minutes)"
+                                  + (f", saving ~{_dollars(saved)}" if saved is not None else ""))
+            elif usage.cache_short:
+                self.lines.append(f"  prompt cache ({name}): none expected: the system prompts (~{usage.cache_short:,} "
+                                  f"tokens) are under the {min_cacheable(model):,} tokens the provider caches for "
+                                  f"{model['settings'].get('name', name)}")
+
+    def budget_line(self, cost: float, known: bool) -> None:
+        budget = self.budget
+        if budget is None:
+            return
+        if not known:
+            self.lines.append(f"  budget ${budget:,.2f}: cannot be checked, a model has no price (a run with a "
+                              "budget refuses to start until every model it pays for has one)")
+        elif cost <= budget:
+            self.lines.append(f"  budget ${budget:,.2f}: covers the estimate ({_dollars(cost)}, {cost / budget:.0%} of the budget)"
+                              + ("" if self.bounded else ", for the loop counts known before the run"))
+        else:
+            self.lines.append(f"  budget ${budget:,.2f}: does not cover the estimate {_dollars(cost)}; the run would stop "
+                              f"after about {budget / cost:.0%} of its calls (`populace resume RUN --budget MORE` goes on)")
+
+
+# The shortest prefix a provider caches, in tokens, by model name (Anthropic's prompt-caching
+# documentation, 2026; OpenAI's automatic cache: 1,024). Longest matching name wins.
+MIN_CACHEABLE = {"claude-opus-4-6": 4096, "claude-opus-4-5": 4096, "claude-haiku-4-5": 4096, "claude-sonnet-4-6": 2048,
+                 "claude-sonnet-4-5": 1024, "claude-opus-4-1": 1024, "claude-opus-4": 1024, "claude-sonnet-4": 1024,
+                 "claude-3-7-sonnet": 1024, "claude-3-5-haiku": 2048, "claude-3-haiku": 2048}
+
+
+def min_cacheable(model: dict) -> int:
+    name = str(model["settings"].get("name", ""))
+    matches = [k for k in MIN_CACHEABLE if name.startswith(k)]
+    return MIN_CACHEABLE[max(matches, key=len)] if matches else 1024
 
 
 def _dollars(cost: float) -> str:
@@ -509,10 +580,11 @@ def _per_agent_dynamic(ir) -> bool:
     return False
 
 
-def explain(compiled) -> str:
-    """The plan as text for people: populations, steps with calls, tokens and cost, and totals."""
+def explain(compiled, budget: float | None = None) -> str:
+    """The plan as text for people: populations, steps with calls, tokens and cost, and totals;
+    whether `budget` (else the scenario's) covers the estimate."""
     plan = compiled if isinstance(compiled, dict) else compiled.plan
-    ex = _Explainer(plan)
+    ex = _Explainer(plan, budget=budget if budget is not None else plan["scenario"].get("settings", {}).get("budget"))
     ex.header()
     ex.populations()
     ex.environments()
@@ -522,5 +594,6 @@ def explain(compiled) -> str:
     ex.totals()
     ex.lines += ["", f"Estimates: {CHARS_PER_TOKEN} characters a token; an interpolated text counts {TEXT_CHARS} characters "
                  f"(a written persona text: what its model writes); memory fills up over a loop; a free-text answer "
-                 f"uses the model's max_tokens ({DEFAULT_MAX_TOKENS} if unset); prompt caching is not subtracted."]
+                 f"uses the model's max_tokens ({DEFAULT_MAX_TOKENS} if unset); the costs above are before prompt caching "
+                 f"(its estimate is on its own line)."]
     return "\n".join(ex.lines) + "\n"

@@ -83,7 +83,7 @@ class Checker:
         return method(e)
 
     def e_Literal(self, e: n.Literal):
-        kinds = {"int": INT, "float": FLOAT, "percent": FLOAT, "duration": FLOAT, "str": STR, "bool": BOOL,
+        kinds = {"int": INT, "float": FLOAT, "percent": FLOAT, "duration": FLOAT, "usd": FLOAT, "str": STR, "bool": BOOL,
                  "none": NONE}
         if isinstance(e.value, (int, float)) and not isinstance(e.value, bool) and \
                 not (math.isfinite(e.value) if isinstance(e.value, float) else -2**63 <= e.value < 2**63):

@@ -412,6 +412,10 @@ class _Builder:
                                  span=self.span(extent))
         raise AssertionError(text)  # the grammar's DURATION terminal admits only these units
 
+    def money_lit(self, extent, c):
+        text = str(c[0])
+        return n.Literal(value=float(_number(text[:-3])), kind="usd", text=text, span=self.span(extent))
+
     def string_lit(self, extent, c):
         return self.template(c[0], allow_plain=True)
 

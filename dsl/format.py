@@ -673,4 +673,6 @@ def _spell_literal(e: n.Literal) -> str:
         return f"{e.value * 100:g}%"
     if e.kind == "duration":
         return f"{e.value:g}s"
+    if e.kind == "usd":
+        return f"{e.value:g}usd"
     return repr(e.value)

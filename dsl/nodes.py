@@ -41,10 +41,11 @@ class Expr(Node):
 
 @dataclass(**_NODE)
 class Literal(Expr):
-    """A number, string, bool, none or duration (seconds, float) written in the source."""
+    """A number, string, bool, none, duration (seconds, float) or amount of dollars (`25usd`, float)
+    written in the source."""
 
     value: object
-    kind: str  # "int" | "float" | "str" | "bool" | "none" | "percent" | "duration"
+    kind: str  # "int" | "float" | "str" | "bool" | "none" | "percent" | "duration" | "usd"
     text: str = ""  # the source text, kept so the formatter prints `1_000_000` back as written
 
 

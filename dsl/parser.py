@@ -102,6 +102,7 @@ _TOKEN_WORDS = {
     "FLOAT": "a number",
     "PERCENT": "a percentage",
     "DURATION": "a duration",
+    "MONEY": "an amount of dollars",
     "STRING": "a string",
     "LONG_STRING": 'a """triple-quoted""" string',
     "_NL": "the end of the line",
@@ -147,7 +148,7 @@ def _describe_expected(expected, parser: Lark) -> str:
     # Expression starters flood the list; say it in one word.
     expression_starts = {"a name", "a whole number", "a string", "`(`", "`[`", "`-`", "`not`"}
     if len(expression_starts & set(words)) >= 5:
-        words = [w for w in words if w not in expression_starts | {"a number", "a percentage", "a duration",
+        words = [w for w in words if w not in expression_starts | {"a number", "a percentage", "a duration", "an amount of dollars",
                                                                     'a """triple-quoted""" string', "`true`",
                                                                     "`false`", "`none`", "`{`"}]
         words.insert(0, "an expression")

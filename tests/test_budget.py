@@ -146,3 +146,27 @@ def test_ledger_keeps_what_shards_hold_apart():
     assert ledger.draw("a", 0.5, 0.5) == (0.0, True)  # 0.4 free is less than the 0.5 a call may cost
     ledger.reset("b")
     assert ledger.draw("a", 0.5, 0.5) == (0.5, False)
+
+
+@pytest.mark.asyncio
+async def test_monitor_shows_spend_against_the_budget(tmp_path, fake):
+    from nicegui.testing.user_simulation import user_simulation
+
+    from populace.runtime.monitor.data import MonitorState
+    from populace.runtime.monitor.page import root_for
+
+    plan = plan_for(tmp_path, fake.openai_url)
+    stopped = run_plan(plan, executor="local", run_dir=str(tmp_path / "cut"), budget=0.5)
+    assert stopped["stopped_by"] == "budget"
+    monitor = MonitorState(str(tmp_path / "cut"))
+    monitor.poll()
+    assert monitor.state.stopped_by == "budget" and monitor.state.budget_usd == 0.5
+    assert monitor.cost() == pytest.approx(stopped["cost_usd"])
+    async with user_simulation(root=root_for(monitor)) as user:
+        await user.open("/")
+        [status] = user.find(marker="status").elements
+        assert status.text == "stopped: budget"
+        [cost] = user.find(marker="stat-cost").elements
+        assert cost.text == f"${stopped['cost_usd']:,.4f} of $0.50 budget ({stopped['cost_usd'] / 0.5:.0%})"
+        [stop] = user.find(marker="stop").elements
+        assert not stop.enabled

@@ -41,3 +41,19 @@ def test_overrides_change_the_counts_not_the_shape(in_repo_root, capsys):
 def test_explain_reports_errors_like_check(in_repo_root, capsys):
     assert main(["explain", "tests/fixtures/diagnostics/semantic/e1021_set_unknown_param.pop", "--set", "player=3"]) == 1
     assert "error[E1021]" in capsys.readouterr().err
+
+
+def test_explain_says_whether_a_budget_covers_the_run(in_repo_root, capsys):
+    case = "tests/fixtures/explain/prompt_cache.pop"
+    assert main(["explain", case, "--budget", "250usd"]) == 0
+    assert "budget $250.00: covers the estimate ($209.70, 84% of the budget)" in capsys.readouterr().out
+    assert main(["explain", case, "--budget", "$21"]) == 0
+    assert "budget $21.00: does not cover the estimate $209.70; the run would stop after about 10% of its calls" \
+        in capsys.readouterr().out
+    assert main(["explain", "tests/fixtures/explain/unknown_prices.pop", "--budget", "5"]) == 0
+    assert "cannot be checked, a model has no price" in capsys.readouterr().out
+
+
+def test_a_short_system_prompt_is_not_expected_to_be_cached(in_repo_root):
+    text = explain(compile_file("tests/fixtures/explain/claude_million.pop"))
+    assert "prompt cache (haiku): none expected" in text and "under the 4,096 tokens" in text

@@ -104,6 +104,10 @@ def test_flagship_on_ray_against_fake_anthropic(tmp_path, anthropic_env, ray_ses
             + stats.cache_read_input_tokens * price["cache_read"]
             + stats.cache_creation_input_tokens * price["cache_write"]) / 1e6
     assert claude["cost_usd"] == pytest.approx(want) and summary["cost_usd"] == pytest.approx(want, abs=1e-6)
+    read, write = stats.cache_read_input_tokens, stats.cache_creation_input_tokens
+    assert claude["prompt_cache_hit_rate"] == round(read / (stats.input_tokens + read + write), 4)
+    saved = (read * (price["input"] - price["cache_read"]) - write * (price["cache_write"] - price["input"])) / 1e6
+    assert claude["prompt_cache_saved_usd"] == pytest.approx(saved, abs=1e-6) and saved > 0
     table = answers(run_dir)
     assert len(table) == 360 and table["value"].between(0, 100).all()
     assert (table["reply"].astype(int) == table["value"]).all()

@@ -138,8 +138,11 @@ class LLMModel:
                                                     **kwargs)
         text = resp.choices[0].message.content or ""
         u = resp.usage
-        usage = {"input": getattr(u, "prompt_tokens", 0) or 0, "output": getattr(u, "completion_tokens", 0) or 0,
-                 "cache_read": 0, "cache_write": 0}
+        # OpenAI's automatic prefix cache: prompt_tokens counts the cached ones too; we count them
+        # apart (as Anthropic reports them), so input + cache_read is the whole prompt.
+        cached = getattr(getattr(u, "prompt_tokens_details", None), "cached_tokens", 0) or 0
+        usage = {"input": (getattr(u, "prompt_tokens", 0) or 0) - cached, "output": getattr(u, "completion_tokens", 0) or 0,
+                 "cache_read": cached, "cache_write": 0}
         return text, usage
 
     async def _counted(self, client, system, messages):

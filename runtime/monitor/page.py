@@ -159,7 +159,7 @@ class Page(AgentsPanel, ResultsPanel):
         if status != state.status and not state.scenario:  # no event read: the summary tells what ran
             self.title.set_text(f"{(monitor.summary or {}).get('scenario') or 'run'} · "
                                 f"{os.path.basename(os.path.abspath(monitor.run_dir))}")
-        self.status.set_text(status)
+        self.status.set_text("stopped: budget" if status == "stopped" and state.stopped_by == "budget" else status)
         self.status.props(f"color={STATUS_COLORS.get(status, 'grey-6')}")
         self.pause.set_enabled(status == "running")
         self.resume.set_enabled(status == "paused")
@@ -168,7 +168,10 @@ class Page(AgentsPanel, ResultsPanel):
         self.stats["agents"].set_text(fmt_count(state.agents_done))
         self.stats["calls"].set_text(fmt_count(state.calls))
         self.stats["tokens"].set_text(f"{fmt_count(state.tokens_in)} / {fmt_count(state.tokens_out)}")
-        self.stats["cost"].set_text(fmt_cost(monitor.cost()))
+        cost = monitor.cost()
+        budget = state.budget_usd if state.budget_usd is not None else (monitor.summary or {}).get("budget_usd")
+        self.stats["cost"].set_text(fmt_cost(cost) + (f" of ${budget:,.2f} budget ({cost / budget:.0%})"
+                                                      if budget and cost is not None else ""))
         # the same figure the CLI's summary gives: failed of asked, and the share
         self.stats["errors"].set_text(f"{fmt_count(state.errors)} of {fmt_count(state.answers)} "
                                       f"({state.failed_share:.1%})" if state.answers else fmt_count(state.errors))

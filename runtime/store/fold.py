@@ -169,6 +169,12 @@ class RunState:
         m.update(latency.quantiles(self.latencies.get(name, {})))
         if name in self.prices:
             m["cost_usd"] = model_cost(self.prices[name], m)
+        read, write = _number(m, "cache_read"), _number(m, "cache_write")
+        if read or write:  # the provider's prompt cache: share of input tokens read from it, dollars it saved
+            m["prompt_cache_hit_rate"] = round(read / (_number(m, "tokens_in") + read + write), 4)
+            saved = prompt_cache_saving(self.prices.get(name, {}), read, write)
+            if saved is not None:
+                m["prompt_cache_saved_usd"] = round(saved, 6)
 
     def _agent_errors(self, e):
         room = MAX_ERROR_SAMPLES - len(self.error_samples)
@@ -303,6 +309,16 @@ def model_cost(priced: dict, counts: dict) -> float | None:
         return None
     return priced_usd(price, _number(counts, "tokens_in"), _number(counts, "tokens_out"),
                       _number(counts, "cache_read"), _number(counts, "cache_write"))
+
+
+def prompt_cache_saving(priced: dict, cache_read, cache_write) -> float | None:
+    """Dollars the provider's prompt cache saved: reads below the input price, less what writes
+    cost above it. None without a price."""
+    price = priced.get("price")
+    if not isinstance(price, dict) or "input" not in price:
+        return None
+    full = price["input"]
+    return (cache_read * (full - price.get("cache_read", full)) - cache_write * (price.get("cache_write", full) - full)) / 1e6
 
 
 def _is_number(value) -> bool:
