@@ -273,20 +273,30 @@ class _Explainer:
         usage.cost += cost
         return _dollars(cost)
 
-    def prompt_cache(self, model_name: str, calls: int, distinct: int, system_tokens: int) -> None:
-        """The provider's prompt cache on the system prompt (Anthropic: marked with cache_control;
-        OpenAI: its automatic prefix cache): the first call of each distinct system prompt writes
-        it, the others read it, when it is at least the model's minimum cacheable length."""
+    def prompt_cache(self, model_name: str, calls: int, distinct: int, system_tokens: int, shared_tokens: int) -> None:
+        """The provider's prompt cache on the system prompt (Anthropic: cache_control on the whole
+        system prompt and on its leading part all agents share; OpenAI: its automatic prefix cache).
+        Each distinct system prompt is written by its first call and read by the others; the shared
+        part is written once and read by every other distinct prompt. A prefix shorter than the
+        model's minimum cacheable length is not cached."""
         model = self.plan["models"][model_name]
         if model["provider"] not in ("anthropic", "openai") or not model["settings"].get("cache_prefix", True):
             return
         usage = self.usage[model_name]
-        if system_tokens < min_cacheable(model):
+        minimum = min_cacheable(model)
+        writes = min(distinct, calls)
+        read = write = 0
+        if system_tokens >= minimum:
+            read += (calls - writes) * system_tokens
+            write += writes * system_tokens
+        if minimum <= shared_tokens < system_tokens and writes > 1:
+            read += (writes - 1) * shared_tokens
+            write -= (writes - 1) * shared_tokens if system_tokens >= minimum else 0
+        if not read and not write:
             usage.cache_short = max(usage.cache_short, system_tokens)
             return
-        writes = min(distinct, calls)
-        usage.cache_write += writes * system_tokens if model["provider"] == "anthropic" else 0
-        usage.cache_read += (calls - writes) * system_tokens
+        usage.cache_read += read
+        usage.cache_write += write if model["provider"] == "anthropic" else 0
 
     def output_tokens(self, model_name: str, ty: dict) -> int:
         if ty["kind"] == "str":
@@ -452,7 +462,9 @@ class _Explainer:
             cost = self.charge(model, calls, input_tokens, output_tokens)
             if agent["system"]:
                 systems = self.distinct(pop["persona"], [agent["system"]], kind["count"])
-                self.prompt_cache(model, calls, kind["count"] if systems is None else systems, _tokens(system_chars))
+                shared = self.template_chars(_shared_head(agent["system"]), pop["persona"], "agent:" + kind["agent"])
+                self.prompt_cache(model, calls, kind["count"] if systems is None else systems, _tokens(system_chars),
+                                  _tokens(shared))
             each = f" x {times:,} times" if times != 1 else ""
             prompts = f"{distinct:,} distinct prompt{'s' if distinct != 1 else ''} per step" if distinct is not None else "one prompt per agent"
             self.lines.append(f"{pad}  {kind['agent']}: {kind['count']:,} agents{each} = {calls:,} calls{some} to {model}; {prompts}")
@@ -516,6 +528,30 @@ class _Explainer:
         else:
             self.lines.append(f"  budget ${budget:,.2f}: does not cover the estimate {_dollars(cost)}; the run would stop "
                               f"after about {budget / cost:.0%} of its calls (`populace resume RUN --budget MORE` goes on)")
+
+
+def _shared_head(template: dict) -> dict:
+    """The leading parts of a system template that are the same for every agent: text, params,
+    environment values; up to the first part that reads the agent (persona, state, self, ...)."""
+    parts = template.get("template") if isinstance(template, dict) else None
+    if not isinstance(parts, list):
+        return {"template": []}
+    head = []
+    for part in parts:
+        if not isinstance(part, str) and _reads_agent(part):
+            break
+        head.append(part)
+    return {"template": head}
+
+
+def _reads_agent(node) -> bool:
+    if isinstance(node, dict):
+        if {"col", "src", "via", "method", "self"} & set(node):
+            return True
+        return any(_reads_agent(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_reads_agent(v) for v in node)
+    return False
 
 
 # The shortest prefix a provider caches, in tokens, by model name (Anthropic's prompt-caching

@@ -25,8 +25,10 @@ status error, attempt 2 the malformed text, attempt 3 the real answer); after th
 `<kind>_rate` is a probability drawn from a seeded hash of (identity, attempt).
 
 Usage is reported as ceil(characters / 4). For Anthropic, a system prompt with `cache_control` is a
-cache write the first time its text is seen and a cache read afterwards; as in the real API,
-`input_tokens` then counts only the uncached rest, so input + cache_creation + cache_read is the total.
+cache write the first time its text is seen and a cache read afterwards; with several marked blocks,
+the longest marked prefix seen before is read and the rest up to the last mark written. As in the
+real API, `input_tokens` then counts only the uncached rest, so input + cache_creation + cache_read
+is the total. Unlike the real API, a prefix of any length is cached (no minimum).
 """
 from __future__ import annotations
 
@@ -130,7 +132,7 @@ class _Conversation:
     """What the server needs from one request, whichever protocol it came in."""
     system: str
     turns: list[tuple[str, str]]  # (role, text) of the non-system messages
-    cached_prefix: str | None  # Anthropic system text up to the last cache_control block
+    cached_prefix: tuple | None  # Anthropic system texts up to each cache_control block, shortest first
     total_chars: int
 
 
@@ -466,16 +468,16 @@ class FakeLLM:
         text, stop_reason, stop_sequence = _truncate(text, body, wire)
         total = tokens(conversation.total_chars)
         cache_creation = cache_read = 0
-        if conversation.cached_prefix is not None:
-            cached = tokens(len(conversation.cached_prefix))
-            prefix_id = _digest(conversation.cached_prefix)
+        if conversation.cached_prefix:
+            # As the real API: the longest marked prefix seen before is read, and what lies between
+            # it and the last breakpoint is written (every marked prefix is cached from now on).
+            ids = [_digest(prefix) for prefix in conversation.cached_prefix]
             with self._lock:
-                seen = prefix_id in self._counters.cached_systems
-                self._counters.cached_systems.add(prefix_id)
-            if seen:
-                cache_read = cached
-            else:
-                cache_creation = cached
+                hits = [i for i, prefix_id in enumerate(ids) if prefix_id in self._counters.cached_systems]
+                self._counters.cached_systems.update(ids)
+            read_chars = len(conversation.cached_prefix[hits[-1]]) if hits else 0
+            cache_read = tokens(read_chars) if read_chars else 0
+            cache_creation = tokens(len(conversation.cached_prefix[-1])) - cache_read
         count = TokenCount(path, total - cache_creation - cache_read, tokens(len(text)), cache_creation, cache_read)
         with self._lock:
             self._message_ids += 1
@@ -551,9 +553,9 @@ class _AnthropicWire(_Wire):
         cached_prefix = None
         if isinstance(system, list):
             texts = [block.get("text", "") for block in system]
-            last_cached = max((i for i, block in enumerate(system) if block.get("cache_control")), default=None)
-            if last_cached is not None:
-                cached_prefix = "".join(texts[: last_cached + 1])
+            marks = [i for i, block in enumerate(system) if block.get("cache_control")]
+            if marks:
+                cached_prefix = tuple("".join(texts[: i + 1]) for i in marks)
             system = "".join(texts)
         system = system or ""
         turns = [(message["role"], _text_of(message.get("content"))) for message in body["messages"]]

@@ -50,7 +50,7 @@ def ask(shard, step, ctx, only: int | None = None, frame=None) -> dict:
         agent = shard.plan.agents[agent_name]
         model_name = step.model or agent.model
         model = shard.model(model_name)
-        system = _system(agent, frame, ctx, sel - offset)
+        system, shared = _system(agent, frame, ctx, sel - offset)
         sub_prompt = [prompt[i - offset] for i in sel.tolist()] if is_vector(prompt) else prompt
         batch = AskBatch(
             ids=shard.ids[sel], prompt=sub_prompt, system=system, memory_chars=shard.memory.chars_of(sel),
@@ -58,7 +58,7 @@ def ask(shard, step, ctx, only: int | None = None, frame=None) -> dict:
             persona={k: shard.columns[k][sel] for k in shard.persona_fields},
             state={k: shard.columns[k][sel] for k in state_fields},
             variables=ctx.variables, env=ctx.env, memory=lambda i, sel=sel: shard.memory.of(int(sel[i])),
-            shards=shard.shards, verbatim=bool(getattr(step, "verbatim", False)),
+            shards=shard.shards, verbatim=bool(getattr(step, "verbatim", False)), system_shared=shared,
         )
         answers = model.ask(batch)
         if capture is not None:
@@ -155,7 +155,29 @@ def _count(summary: dict, model_name: str, sel, answers, ids) -> None:
 
 
 def _system(agent, frame, ctx, sel):
+    """The selected agents' system prompts, and how many leading characters all of them share."""
     if agent.system is None:
-        return None
+        return None, 0
     value = evaluate(agent.system, frame, ctx)
-    return [value[i] for i in sel.tolist()] if is_vector(value) else value
+    if not is_vector(value):
+        return value, len(value)
+    return [value[i] for i in sel.tolist()], _shared_length(agent.system, frame, ctx)
+
+
+def _shared_length(template, frame, ctx) -> int:
+    """Characters of the system template's leading parts that are the same for every agent (text,
+    params, environment values, aggregates): the provider may cache that prefix once for everyone
+    (a second cache breakpoint, models/llm.py), not only each agent's whole system prompt."""
+    parts = template.get("template") if isinstance(template, dict) else None
+    if not isinstance(parts, list):
+        return 0
+    shared = 0
+    for part in parts:
+        if isinstance(part, str):
+            shared += len(part)
+            continue
+        value = evaluate({"template": [part]}, frame, ctx)
+        if is_vector(value):
+            break  # the first per-agent part: the shared prefix ends here
+        shared += len(value)
+    return shared

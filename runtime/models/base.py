@@ -54,6 +54,7 @@ class AskBatch:
     memory: object = None  # callable(i) -> list of (role, text) for agent i of this batch
     shards: int = 1
     verbatim: bool = False  # the prompt is sent as written: no reply instruction appended
+    system_shared: int = 0  # leading characters of every system prompt here that all agents share
 
     def uniforms(self, purpose: str) -> np.ndarray:
         """Per-agent uniforms in [0, 1) for a policy's own randomness (seeded, shard-independent)."""

@@ -69,6 +69,7 @@ class LLMModel:
         self.budget = budget  # the run's hard budget (budget.py Allowance), or None
         self.price = model.price or {}
         self.budget_hit = False  # a call was refused in this ask: take no more agents
+        self.system_shared = 0  # this ask's shared system prefix (characters), for the cache breakpoints
         self.per_minute = share(limits.per_minute, shard_index, shards)
         self.tokens_per_minute = share(limits.tokens_per_minute, shard_index, shards)
         self.max_retries = int(self.settings.get("max_retries", 4))
@@ -116,10 +117,7 @@ class LLMModel:
         if self.provider == "anthropic":
             kwargs = {}
             if system:
-                block = {"type": "text", "text": system}
-                if self.settings.get("cache_prefix", True):
-                    block["cache_control"] = {"type": "ephemeral"}
-                kwargs["system"] = [block]
+                kwargs["system"] = system_blocks(system, self.system_shared, self.settings.get("cache_prefix", True))
             if "stop" in self.settings:
                 kwargs["stop_sequences"] = self.settings["stop"]
             resp = await client.messages.create(model=self.settings["name"], max_tokens=max_tokens,
@@ -261,6 +259,7 @@ class LLMModel:
             queue.put_nowait(i)
 
         self.budget_hit = False
+        self.system_shared = batch.system_shared  # one ask at a time per model and shard
 
         async def worker():
             while not self.budget_hit:
@@ -346,6 +345,20 @@ class LLMModel:
         if failed:
             raise ModelError(f"model `{self.name}` could not write {len(failed)} persona text(s): {failed[0]}")
         return [str(v) for v in answers.values.tolist()]
+
+
+def system_blocks(system: str, shared: int, cache: bool) -> list[dict]:
+    """Anthropic's system blocks. With `cache`, the whole system prompt is a cache breakpoint (an
+    agent's own prompt, read again in its later rounds), and when its first `shared` characters are
+    every agent's, a breakpoint ends there too, so that part is written once for all agents. The
+    text sent is the same either way: the split only says where the provider may cache."""
+    if not cache:
+        return [{"type": "text", "text": system}]
+    mark = {"type": "ephemeral"}
+    if 0 < shared < len(system):
+        return [{"type": "text", "text": system[:shared], "cache_control": mark},
+                {"type": "text", "text": system[shared:], "cache_control": mark}]
+    return [{"type": "text", "text": system, "cache_control": mark}]
 
 
 __all__ = ["LLMModel", "Limiter", "share"]  # Limiter and share: limits.py, named here for older imports
