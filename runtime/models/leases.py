@@ -1,4 +1,5 @@
-"""One model's `in_flight` limit shared by every shard of a run: permits that shards borrow and return.
+"""One model's `in_flight` limit shared by every shard of a run: permits that shards borrow and return;
+and its per-minute limits, as token buckets every shard draws credits from (limits.py).
 
 In: the model's in_flight limit (the pool's size) and, from each shard, how many calls it could
 make now. Out: permits granted (up to what is free), taken back when a shard's calls end, and a
@@ -18,12 +19,16 @@ from __future__ import annotations
 
 import time
 
+from .limits import RateBuckets
+
 POLL = 0.05  # seconds between a busy shard's asks for more permits
 
 
 class PermitPool:
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, per_minute: float | None = None, tokens_per_minute: float | None = None):
         self.capacity = max(1, int(capacity))
+        # The per-minute limits as token buckets (limits.py), for every shard at once.
+        self.rates = RateBuckets(per_minute, tokens_per_minute) if per_minute or tokens_per_minute else None
         self.free = self.capacity
         self.held: dict = {}
         self.paused_until = 0.0  # wall-clock time: shards on other machines compare with theirs
@@ -50,6 +55,14 @@ class PermitPool:
         """A provider asked to wait (Retry-After): no shard sends before then."""
         self.paused_until = max(self.paused_until, time.time() + float(seconds))
 
+    def take_rate(self, holder, requests: int, tokens: float) -> tuple[int, float, float]:
+        """Credits for up to `requests` requests and their `tokens` (limits.RateBuckets.take)."""
+        return self.rates.take(requests, tokens) if self.rates else (requests, tokens, 0.0)
+
+    def give_rate(self, holder, requests: int, tokens: float) -> None:
+        if self.rates:
+            self.rates.give(requests, tokens)
+
     def stats(self) -> dict:
         return {"capacity": self.capacity, "free": self.free, "peak": self.peak}
 
@@ -60,8 +73,9 @@ def make_pools(plan, ray=None) -> dict:
     pools = {}
     for name, model in plan.models.items():
         if model.provider in ("anthropic", "openai") and model.limits.in_flight:
+            limits = (model.limits.in_flight, model.limits.per_minute, model.limits.tokens_per_minute)
             if ray is None:
-                pools[name] = PermitPool(model.limits.in_flight)
+                pools[name] = PermitPool(*limits)
             else:
                 # Shards find the actor by its name: a handle among a restartable actor's constructor
                 # arguments would have to live in the object store (Ray warns of lost restarts).
@@ -69,7 +83,7 @@ def make_pools(plan, ray=None) -> dict:
 
                 actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(PermitPool)
                 label = f"populace-permits-{uuid.uuid4().hex[:12]}-{name}"
-                pools[name] = RemotePool(label, actor.options(name=label).remote(model.limits.in_flight))
+                pools[name] = RemotePool(label, actor.options(name=label).remote(*limits))
     return pools
 
 
@@ -126,3 +140,9 @@ class Lease:
 
     def pause(self, seconds: float) -> None:
         self._call("pause", seconds)
+
+    def take_rate(self, requests: int, tokens: float) -> tuple[int, float, float]:
+        return self._call("take_rate", self.holder, requests, tokens)
+
+    def give_rate(self, requests: int, tokens: float) -> None:
+        self._call("give_rate", self.holder, requests, tokens)

@@ -12,8 +12,8 @@ that does not parse as the output type is re-asked (saying what was wrong) up to
 then the agent's value is missing with the error. Every reply that arrives goes into the cache
 first. `in_flight` is one pool per model for the whole run (leases.py): a shard borrows what is
 free while it has agents waiting and gives each permit back when its queue is empty; a Retry-After
-pauses every shard. `per_minute` and `tokens_per_minute` are split statically: shard i of n gets
-limit/n (at least 1), so their sum holds the declared limit across the cluster (limits.py). With
+pauses every shard. `per_minute` and `tokens_per_minute` are token buckets in the same pool, that
+shards draw credits from in small chunks (limits.py); without a pool, a static share. With
 a budget (budget.py), each attempt first sets aside its worst-case cost; a refused one ends the ask
 (`budget_hit`): the calls in flight finish, and the driver stops the run before the step.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import replies, requests
-from .limits import Limiter, share
+from .limits import Limiter, PooledLimiter, share
 from .retry import RETRY_STATUS, backoff, is_connection_error, retry_after, short
 from .budget import BudgetReached, priced_usd, worst_case
 from .cache import ResponseCache, request_key
@@ -61,7 +61,7 @@ class LLMModel:
         self.name = model.name
         self.provider = model.provider
         self.settings = model.settings
-        limits = model.limits
+        limits = self.model_limits = model.limits
         # Calls in flight: borrowed from the run's pool for this model (leases.py), or a static share.
         self.lease = lease
         self.in_flight = int(limits.in_flight) if lease is not None else share(limits.in_flight, shard_index, shards)
@@ -244,7 +244,11 @@ class LLMModel:
     async def _ask(self, batch: AskBatch) -> Answers:
         n = len(batch.ids)
         if getattr(self, "limiter", None) is None:
-            self.limiter = Limiter(self.per_minute, self.tokens_per_minute)
+            if self.lease is not None and (self.model_limits.per_minute or self.model_limits.tokens_per_minute):
+                # the run's buckets, drawn in chunks of about a fifth of a second's rate
+                self.limiter = PooledLimiter(self.lease, (self.model_limits.per_minute or 300) / 300)
+            else:
+                self.limiter = Limiter(self.per_minute, self.tokens_per_minute)
         if getattr(self, "clients", None) is None:
             self.clients = self._clients()
         clients = self.clients
@@ -288,6 +292,8 @@ class LLMModel:
         finally:
             if self.budget is not None:
                 await asyncio.get_running_loop().run_in_executor(None, self.budget.give_back)
+            if isinstance(self.limiter, PooledLimiter):
+                await asyncio.get_running_loop().run_in_executor(None, self.limiter.release)
         if self.cache is not None:
             await asyncio.to_thread(self.cache.flush)  # the step's replies are on disk before it ends
         answers = Answers(values=values, replies=texts, errors=errors, tokens_in=log.tokens_in,
