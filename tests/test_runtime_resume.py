@@ -76,6 +76,15 @@ def test_kill_the_driver_then_resume_gives_identical_results(tmp_path):
     assert summary["status"] == "finished" and summary["agent_steps"] == 8 * 3000
     resumed = [e for e in events(broken) if e["type"] == "run_started" and "resumed_from" in e]
     assert len(resumed) == 1
+    # One fold: the resumed run's events (the redone step in them twice) count as the uninterrupted
+    # run's, and as its own summary, which the driver folded the same way.
+    from populace.runtime.store.events import fold_events
+
+    folded, uninterrupted = fold_events(str(broken / "events.jsonl")), fold_events(str(whole / "events.jsonl"))
+    for key in ("steps_done", "agents_done", "calls", "answers", "errors", "tokens_in", "tokens_out"):
+        assert getattr(folded, key) == getattr(uninterrupted, key), key
+    assert (folded.steps_done, folded.agents_done, folded.calls) == (summary["steps"], summary["agent_steps"], summary["calls"])
+    assert folded.status == "finished" and len(folded.records) == len(metrics(whole))
 
 
 def test_resume_falls_back_to_the_previous_checkpoint_and_refuses_without_one(tmp_path, capsys):
