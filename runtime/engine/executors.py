@@ -68,6 +68,8 @@ def agreed_persona_texts(plan, ranges: dict, options: dict | None) -> tuple[dict
             cache = getattr(model, "cache", None)
             if cache is not None:
                 cache.flush()  # the replies are the shards' (and a resume's) too
+            if hasattr(model, "close"):
+                model.close()
     return known, usage
 
 
@@ -125,6 +127,9 @@ class LocalExecutor:
     restarts: list = []
 
     def close(self) -> None:
+        for shards in self.shards.values():
+            for shard in shards:
+                shard.close()
         self.shards = {}
 
 

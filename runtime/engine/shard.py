@@ -134,6 +134,10 @@ class Shard:
                                            holder=(self.population, self.index))
         return self.models[name]
 
+    def close(self) -> None:
+        """The run is over: models close their connections (a Ray actor is killed instead)."""
+        [model.close() for model in self.models.values() if hasattr(model, "close")]
+
     def _write(self, model_name: str, prompts: list[str]) -> list[str]:
         return write_texts(self.model(model_name), model_name, prompts, self.seed, self.write_usage)
 

@@ -111,37 +111,47 @@ class LLMModel:
                                    http_client=openai.DefaultAsyncHttpxClient(limits=limits))
                 for url in self.base_urls]
 
+    def request_body(self, system, messages) -> dict:
+        """The keyword arguments of the SDK's create() for one request: the body both paths send."""
+        body = {"model": self.settings["name"], "max_tokens": int(self.settings.get("max_tokens", 256))}
+        if self.provider == "anthropic":
+            body["messages"] = messages
+            if system:
+                body["system"] = system_blocks(system, self.system_shared, self.settings.get("cache_prefix", True))
+            if "stop" in self.settings:
+                body["stop_sequences"] = self.settings["stop"]
+            return body
+        body["messages"] = ([{"role": "system", "content": system}] if system else []) + messages
+        body.update({k: self.settings[k] for k in ("temperature", "top_p") if k in self.settings})
+        if "stop" in self.settings:
+            body["stop"] = self.settings["stop"]
+        return body
+
     async def _send(self, client, system, messages):
         """One request; returns (text, usage dict)."""
-        max_tokens = int(self.settings.get("max_tokens", 256))
+        body = self.request_body(system, messages)
+        if self.settings.get("transport", "lean") == "lean":
+            transport = self.transports.get(id(client))
+            if transport is None:
+                from .wire import Transport
+
+                transport = self.transports[id(client)] = Transport(client, self.provider, self.in_flight + 8, self.timeout)
+            return await transport.send(body)
         if self.provider == "anthropic":
-            kwargs = {}
-            if system:
-                kwargs["system"] = system_blocks(system, self.system_shared, self.settings.get("cache_prefix", True))
-            if "stop" in self.settings:
-                kwargs["stop_sequences"] = self.settings["stop"]
-            resp = await client.messages.create(model=self.settings["name"], max_tokens=max_tokens,
-                                                messages=messages, **kwargs)
+            resp = await client.messages.create(**body)
             text = "".join(getattr(b, "text", "") for b in resp.content)
             u = resp.usage
-            usage = {"input": u.input_tokens or 0, "output": u.output_tokens or 0,
-                     "cache_read": getattr(u, "cache_read_input_tokens", 0) or 0,
-                     "cache_write": getattr(u, "cache_creation_input_tokens", 0) or 0}
-            return text, usage
-        msgs = ([{"role": "system", "content": system}] if system else []) + messages
-        kwargs = {k: self.settings[k] for k in ("temperature", "top_p") if k in self.settings}
-        if "stop" in self.settings:
-            kwargs["stop"] = self.settings["stop"]
-        resp = await client.chat.completions.create(model=self.settings["name"], messages=msgs, max_tokens=max_tokens,
-                                                    **kwargs)
+            return text, {"input": u.input_tokens or 0, "output": u.output_tokens or 0,
+                          "cache_read": getattr(u, "cache_read_input_tokens", 0) or 0,
+                          "cache_write": getattr(u, "cache_creation_input_tokens", 0) or 0}
+        resp = await client.chat.completions.create(**body)
         text = resp.choices[0].message.content or ""
         u = resp.usage
         # OpenAI's automatic prefix cache: prompt_tokens counts the cached ones too; we count them
         # apart (as Anthropic reports them), so input + cache_read is the whole prompt.
         cached = getattr(getattr(u, "prompt_tokens_details", None), "cached_tokens", 0) or 0
-        usage = {"input": (getattr(u, "prompt_tokens", 0) or 0) - cached, "output": getattr(u, "completion_tokens", 0) or 0,
-                 "cache_read": cached, "cache_write": 0}
-        return text, usage
+        return text, {"input": (getattr(u, "prompt_tokens", 0) or 0) - cached,
+                      "output": getattr(u, "completion_tokens", 0) or 0, "cache_read": cached, "cache_write": 0}
 
     async def _counted(self, client, system, messages):
         """`_send`, counted in `in_flight_now` while the request is out."""
@@ -241,6 +251,24 @@ class LLMModel:
     def ask(self, batch: AskBatch) -> Answers:
         return asyncio.run_coroutine_threadsafe(self._ask(batch), self._loop()).result()
 
+    def close(self) -> None:
+        """Close the lean path's connections and stop this model's event loop (the shard is done)."""
+        loop = getattr(self, "_event_loop", None)
+        if loop is None:
+            return
+
+        async def closing():
+            for transport in getattr(self, "transports", {}).values():
+                await transport.close()
+            for client in getattr(self, "clients", None) or ():
+                await client.close()  # else the SDK closes its pool when collected, on a stopped loop
+
+        try:
+            asyncio.run_coroutine_threadsafe(closing(), loop).result(timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            self._event_loop = None
+
     async def _ask(self, batch: AskBatch) -> Answers:
         n = len(batch.ids)
         if getattr(self, "limiter", None) is None:
@@ -251,6 +279,7 @@ class LLMModel:
                 self.limiter = Limiter(self.per_minute, self.tokens_per_minute)
         if getattr(self, "clients", None) is None:
             self.clients = self._clients()
+            self.transports: dict = {}  # client -> its lean HTTP path (wire.py), made on first use
         clients = self.clients
         prompts = [batch.prompt] * n if isinstance(batch.prompt, str) else batch.prompt
         systems = [batch.system] * n if batch.system is None or isinstance(batch.system, str) else batch.system
