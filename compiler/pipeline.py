@@ -19,7 +19,8 @@ from .declarations import (check_agent_prompts, check_agents, check_environments
 from .plan import canonical_bytes, needed_version, validate_plan
 from .workflow import check_workflow
 
-SCENARIO_SETTINGS = {"seed": int, "description": str, "checkpoint_every": int, "extensions": list, "max_failed": float}
+SCENARIO_SETTINGS = {"seed": int, "description": str, "checkpoint_every": int, "extensions": list, "max_failed": float,
+                     "budget": "usd"}
 MAX_AGENTS_PER_SHARD = 250_000
 
 
@@ -30,7 +31,7 @@ def check_scenario(ctx: Context) -> None:
     for s in decl.settings if decl else ():
         if s.name not in SCENARIO_SETTINGS:
             ctx.error("E1041", s.name_span, f"the scenario block has no setting `{s.name}`",
-                      hint=did_you_mean(s.name, SCENARIO_SETTINGS) or "settings: seed, description, checkpoint_every, extensions, max_failed; and param NAME = DEFAULT")
+                      hint=did_you_mean(s.name, SCENARIO_SETTINGS) or "settings: seed, description, checkpoint_every, extensions, max_failed, budget; and param NAME = DEFAULT")
             continue
         _, value, ok = constant(ctx, s.value, f"`{s.name}`")
         want = SCENARIO_SETTINGS[s.name]
@@ -42,6 +43,13 @@ def check_scenario(ctx: Context) -> None:
             settings[s.name] = list(value)
             items = s.value.items if isinstance(s.value, n.ListLit) and len(s.value.items) == len(value) else ()
             load_extensions(ctx, list(value), [i.span for i in items] or [s.value.span] * len(value))
+            continue
+        if ok and want == "usd":
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                ctx.error("E1041", s.value.span, "`budget` is an amount of dollars, more than 0",
+                          hint="e.g. budget = 25usd (the run stops before the call that would spend more)")
+                continue
+            settings[s.name] = float(value)
             continue
         if ok and want is float:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:

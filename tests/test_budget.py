@@ -170,3 +170,19 @@ async def test_monitor_shows_spend_against_the_budget(tmp_path, fake):
         assert cost.text == f"${stopped['cost_usd']:,.4f} of $0.50 budget ({stopped['cost_usd'] / 0.5:.0%})"
         [stop] = user.find(marker="stop").elements
         assert not stop.enabled
+
+
+def test_the_scenario_can_set_its_budget(tmp_path, fake):
+    from populace.dsl.diagnostics import DiagnosticError
+
+    text = SCENARIO.format(url=fake.openai_url, price=PRICE).replace("  seed = 5\n", "  seed = 5\n  budget = 0.5usd\n")
+    path = tmp_path / "budgeted.pop"
+    path.write_text(text)
+    raw = compile_file(str(path)).plan
+    assert raw["scenario"]["settings"]["budget"] == 0.5 and raw["plan_version"] == "1.3"
+    stopped = run_plan(plan_from_dict(raw), executor="local", run_dir=str(tmp_path / "run"))
+    assert stopped["stopped_by"] == "budget" and stopped["budget_usd"] == 0.5 and stopped["cost_usd"] <= 0.5
+    path.write_text(text.replace("budget = 0.5usd", 'budget = "lots"'))
+    with pytest.raises(DiagnosticError) as refused:
+        compile_file(str(path))
+    assert [d.code for d in refused.value.diagnostics] == ["E1041"]
