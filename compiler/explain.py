@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .declarations import persona_refs
+from .passes.personas import persona_refs
 from .types import describe, from_json
 
 CHARS_PER_TOKEN = 4

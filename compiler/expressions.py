@@ -801,7 +801,7 @@ class Checker:
         env = e.func.value.id
         method = e.func.attr
         kind = self.ctx.environments[env]["kind"]
-        from .environments import method_type
+        from .kinds import method_type
 
         return method_type(self, e, env, kind, method, statement)
 

@@ -10,108 +10,24 @@ import os
 from dataclasses import dataclass
 
 from populace.dsl import nodes as n
-from populace.dsl.diagnostics import Diagnostic, DiagnosticError, Reporter, did_you_mean, sorted_diagnostics
+from populace.dsl.diagnostics import Diagnostic, DiagnosticError, Reporter, sorted_diagnostics
 from populace.dsl.load import Program
 
 from .context import Context, span_json
-from .declarations import (check_agent_prompts, check_agents, check_environments, check_groups, check_models,
-                           check_personas, check_populations, collect_symbols, constant, resolve_params)
+from .passes.agents import check_agents
+from .passes.environments import check_environments
+from .passes.groups import check_groups
+from .passes.models import check_models
+from .passes.params import resolve_params
+from .passes.personas import check_personas
+from .passes.populations import check_populations
+from .passes.prompts import check_agent_prompts
+from .passes.scenario import check_scenario
+from .passes.shards import assign_shards
+from .passes.states import lower_state_starts
+from .passes.symbols import collect_symbols
+from .passes.workflow import check_workflow
 from .plan import canonical_bytes, needed_version, validate_plan
-from .workflow import check_workflow
-
-SCENARIO_SETTINGS = {"seed": int, "description": str, "checkpoint_every": int, "extensions": list, "max_failed": float,
-                     "budget": "usd"}
-MAX_AGENTS_PER_SHARD = 250_000
-
-
-def check_scenario(ctx: Context) -> None:
-    """Read the scenario block's settings: seed, description, checkpoint_every, extensions."""
-    settings: dict = {"seed": 0, "checkpoint_every": 1}
-    decl = ctx.scenario
-    for s in decl.settings if decl else ():
-        if s.name not in SCENARIO_SETTINGS:
-            ctx.error("E1041", s.name_span, f"the scenario block has no setting `{s.name}`",
-                      hint=did_you_mean(s.name, SCENARIO_SETTINGS) or "settings: seed, description, checkpoint_every, extensions, max_failed, budget; and param NAME = DEFAULT")
-            continue
-        _, value, ok = constant(ctx, s.value, f"`{s.name}`")
-        want = SCENARIO_SETTINGS[s.name]
-        if ok and want is list:
-            if not value or not all(isinstance(v, str) and _is_module_name(v) for v in value):
-                ctx.error("E1041", s.value.span, "`extensions` is a list of Python module names",
-                          hint='e.g. extensions = ["market"] for market.py next to the scenario')
-                continue
-            settings[s.name] = list(value)
-            items = s.value.items if isinstance(s.value, n.ListLit) and len(s.value.items) == len(value) else ()
-            load_extensions(ctx, list(value), [i.span for i in items] or [s.value.span] * len(value))
-            continue
-        if ok and want == "usd":
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                ctx.error("E1041", s.value.span, "`budget` is an amount of dollars, more than 0",
-                          hint="e.g. budget = 25usd (the run stops before the call that would spend more)")
-                continue
-            settings[s.name] = float(value)
-            continue
-        if ok and want is float:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-                ctx.error("E1041", s.value.span, f"`{s.name}` is a share of the answers, from 0% to 100%",
-                          hint="e.g. max_failed = 5% (a run fails when more than 5% of one ask's answers fail)")
-                continue
-            settings[s.name] = float(value)
-            continue
-        if ok and (not isinstance(value, want) or isinstance(value, bool)):
-            ctx.error("E1041", s.value.span, f"`{s.name}` must be {'a whole number' if want is int else 'text'}")
-            continue
-        if ok and want is int and value < 0:
-            ctx.error("E1041", s.value.span, f"`{s.name}` must not be negative")
-            continue
-        if ok:
-            settings[s.name] = value
-    ctx.plan["settings"] = settings
-
-
-def _is_module_name(text: str) -> bool:
-    return all(part.isidentifier() for part in text.split("."))
-
-
-def load_extensions(ctx: Context, modules: list[str], spans: list) -> None:
-    """Import the scenario's extension modules (its folder first on the path) and note their kinds."""
-    from .plan.extensions import DeclarationError, ExtensionError, module_kinds
-
-    path = ctx.program.root.path
-    folder = os.path.dirname(os.path.abspath(path)) if path and os.path.exists(path) else None
-    for module, span in zip(modules, spans):
-        try:
-            kinds = module_kinds(module, folder)
-        except DeclarationError as e:  # it was found: its own code or declarations are at fault
-            ctx.extensions_failed = True
-            ctx.error("E1042", span, str(e), hint="see docs/extensions.md for what a kind declares")
-            continue
-        except ExtensionError as e:
-            ctx.extensions_failed = True
-            ctx.error("E1042", span, str(e), hint="a Python file next to the scenario (market.py for \"market\"), "
-                      "or an installed module")
-            continue
-        if not kinds:
-            ctx.extensions_failed = True
-            ctx.error("E1042", span, f"`{module}` has no class marked @environment_kind",
-                      hint="from populace.runtime import environment_kind, then @environment_kind(\"name\") on a class")
-        local = os.path.join(folder, *module.split(".")) + ".py" if folder else ""
-        if local and os.path.exists(local):  # its text is part of what the plan was compiled from
-            with open(local, "rb") as f:
-                ctx.extra_sources[os.path.join(os.path.dirname(path), *module.split(".")) + ".py"] = \
-                    hashlib.sha256(f.read()).hexdigest()
-        for kind, spec in kinds.items():
-            if kind in ctx.extension_kinds and ctx.extension_kinds[kind].target != spec.target:
-                ctx.error("E1042", span, f"two extensions name the kind `{kind}`: "
-                          f"{ctx.extension_kinds[kind].target} and {spec.target}")
-            ctx.extension_kinds[kind] = spec
-
-
-def assign_shards(ctx: Context) -> None:
-    """Say how each population may be split: the runtime picks the count, never above this size."""
-    for pop in ctx.populations.values():
-        pop["max_agents_per_shard"] = MAX_AGENTS_PER_SHARD
-
 
 PASSES = (
     collect_symbols,
@@ -123,6 +39,7 @@ PASSES = (
     check_populations,
     check_groups,
     check_environments,
+    lower_state_starts,
     check_agent_prompts,
     check_workflow,
     assign_shards,

@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 
 from populace.compiler import compile_file
-from populace.compiler.declarations import DISTRIBUTIONS
-from populace.compiler.environments import KINDS
+from populace.compiler.passes.personas import DISTRIBUTIONS
+from populace.compiler.kinds import KINDS
 from populace.compiler.expressions import AGGREGATES
 from populace.dsl.diagnostics import DiagnosticError
 from populace.compiler.plan import PLAN_VERSION, PlanError, canonical_bytes, load_plan, needed_version, plan_from_dict, read_plan
@@ -173,7 +173,7 @@ def test_every_step_op_is_in_the_schema_and_every_schema_op_is_emitted(in_repo_r
         plan = _compile(case).plan
         emitted_by_fixtures |= {step["op"] for step in _steps(plan["workflow"])}
         _expression_forms(plan, forms)
-    in_source = set(re.findall(r'"op": "([a-z_]+)"', (ROOT / "compiler" / "workflow.py").read_text(encoding="utf-8")))
+    in_source = set(re.findall(r'"op": "([a-z_]+)"', (ROOT / "compiler" / "passes" / "workflow.py").read_text(encoding="utf-8")))
     in_schema = _schema_consts("step", "op")
     assert in_source == in_schema
     assert emitted_by_fixtures == in_schema  # and the fixtures exercise every one of them

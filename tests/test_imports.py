@@ -105,3 +105,16 @@ def test_every_runtime_module_is_under_400_lines():
     long = {name for name, path in MODULES.items() if name.startswith("populace.runtime")
             and len(path.read_text(encoding="utf-8").splitlines()) > 400}
     assert long == set()
+
+
+def test_each_compiler_pass_is_a_module_of_its_own_that_says_what_it_reads_and_adds():
+    from populace.compiler.pipeline import PASSES
+
+    modules = [p.__module__ for p in PASSES]
+    assert all(m.startswith("populace.compiler.passes.") for m in modules)
+    assert len(set(modules)) == len(modules)  # one pass a module
+    for m in modules:
+        doc = ast.get_docstring(ast.parse(MODULES[m].read_text(encoding="utf-8"))) or ""
+        assert "Reads:" in doc and "Adds:" in doc, m
+    # and every module of compiler/passes holds a pass the pipeline runs
+    assert {m for m in MODULES if m.startswith("populace.compiler.passes.")} == set(modules)

@@ -1,6 +1,7 @@
-"""Check the workflow and lower it to plan steps; loops stay loops.
+"""Pass 12, workflow: the workflow checked and lowered to plan steps in one walk; loops stay loops.
 
-In: a Context whose declaration passes have run. Out: ctx.plan["workflow"], a list of steps, each
+Checking and lowering share one walk here because a step's type (what `ask` returns, what a
+`for` binds) is known only while lowering its scope. Reads: every declaration pass's tables. Adds: ctx.plan["workflow"], a list of steps, each
 `{"id": "step:ask.guess", "op": "ask", ..., "span": {...}}` with nested `body` lists for loops and
 branches. Ids are readable and stable: the op, a name, and `#2`, `#3` for repeats of the same id.
 """
@@ -11,12 +12,12 @@ import re
 from populace.dsl import nodes as n
 from populace.dsl.diagnostics import did_you_mean
 
-from .context import Context, Quiet, span_json
-from .declarations import output_type
-from .expressions import Checker, Scope
-from .plan.evaluate import EvalError, evaluate, is_constant
-from .text import expression_text
-from .types import ANY, INT, NUMERIC, Ty, assignable, describe, to_json
+from ..context import Context, Quiet, span_json
+from ..expressions import Checker, Scope
+from ..plan.evaluate import EvalError, evaluate, is_constant
+from ..text import expression_text
+from ..values import output_type
+from ..types import ANY, INT, NUMERIC, Ty, assignable, describe, to_json
 
 
 _NESTED_STEPS = ("body", "branches", "else")  # steps inside a step draw on their own

@@ -35,7 +35,6 @@ _POSITIONAL = {"chatroom": ("members",), "network": ("population", "generator"),
 
 def lower_kind(ctx, decl: n.EnvironmentDecl) -> dict:
     """Check an environment's kind and parameters; return {"kind", "population"?, "params"}."""
-    from .expressions import Checker, Scope
 
     kind = decl.kind or "board"
     span = decl.kind_span or decl.span
@@ -191,7 +190,6 @@ def _fits(value, typ) -> bool:
 
 
 def _generator(ctx, e: n.Expr) -> dict:
-    from .expressions import Checker, Scope
 
     if not isinstance(e, n.Call) or not isinstance(e.func, n.Name) or e.func.id not in GENERATORS:
         name = e.func.id if isinstance(e, n.Call) and isinstance(e.func, n.Name) else ""
