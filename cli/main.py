@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-dir", help="write the sweep here (default: runs/<scenario>-sweep-<time>)")
     _add_set(p)
 
+    from . import replay
+
+    replay.add_parser(sub)
     return parser
 
 
@@ -629,6 +632,15 @@ def cmd_prompt(args) -> int:
 
 
 COMMANDS["prompt"] = cmd_prompt
+
+
+def cmd_replay(args) -> int:
+    from .replay import cmd_replay
+
+    return cmd_replay(args)
+
+
+COMMANDS["replay"] = cmd_replay
 
 if __name__ == "__main__":
     sys.exit(main())

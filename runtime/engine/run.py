@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+from populace.runtime.store import manifest
 from populace.runtime.store.rundir import RunDir, new_run_dir
 
 from .executors import make_executor
@@ -42,6 +43,12 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
     except BaseException:
         directory.close()
         raise
+    try:
+        manifest.start(directory, plan, ex.name, {p: len(r) for p, r in ex.ranges.items()}, options["cache"], budget)
+    except BaseException:
+        ex.close()
+        directory.close()
+        raise
     return drive(plan, ex, directory, display, listener, checkpoint_every=checkpoint_every, should_stop=should_stop,
                  folder=folder, max_failed=max_failed, budget=budget)
 
@@ -58,9 +65,11 @@ def drive(plan, ex, directory: RunDir, display=None, listener=None, resume: dict
                 if listener:
                     listener(event)
 
-            return Driver(plan, ex, directory, listen, should_stop=should_stop,
-                          checkpoint_every=checkpoint_every, folder=folder, max_failed=max_failed,
-                          budget=budget).run(resume=resume)
+            summary = Driver(plan, ex, directory, listen, should_stop=should_stop,
+                             checkpoint_every=checkpoint_every, folder=folder, max_failed=max_failed,
+                             budget=budget).run(resume=resume)
+            manifest.finish(directory, summary)
+            return summary
     finally:
         ex.close()
         directory.close()

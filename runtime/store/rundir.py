@@ -2,7 +2,7 @@
 
 In: paths and data from the driver. Out: files under runs/<scenario>-<time>/ (or --run-dir):
 plan.json, events.jsonl (append-only, one JSON object per line), personas.parquet,
-asks/<step>/<iteration>.parquet, metrics.jsonl, summary.json. Whole files are written to a
+asks/<step>/<iteration>.parquet, metrics.jsonl, summary.json, manifest.json (manifest.py). Whole files are written to a
 temporary name and renamed, so a file that exists is complete. The directory's own formats
 (events, checkpoints) carry RUN_FORMAT; one written by a newer Populace is refused, never read as damaged.
 """
