@@ -25,6 +25,7 @@ DEFAULT_PRICES = {  # USD per million tokens; a model block's `price` overrides
     "gpt-4o": {"input": 2.5, "output": 10.0},
     "gpt-4.1-mini": {"input": 0.4, "output": 1.6},
 }
+BATCH_DISCOUNT = 0.5  # Anthropic Message Batches and OpenAI Batch: 50% of the list price
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 SECRET_SETTINGS = ("api_key", "key", "token", "secret", "password", "authorization")
 
@@ -94,6 +95,10 @@ def check_models(ctx: Context) -> None:
         if provider in DEFAULT_KEY_ENV:
             settings.setdefault("api_key_env", DEFAULT_KEY_ENV[provider])
         price = settings.pop("price", None) or DEFAULT_PRICES.get(settings.get("name", ""))
+        if price and settings.get("batch"):
+            # Both providers' batch APIs bill half the list price, cache reads and writes included: the
+            # plan carries the price actually paid, so cost, budget and explain need no second rule.
+            price = {k: v * BATCH_DISCOUNT for k, v in price.items()}
         limits = {k: settings.pop(k) for k in ("in_flight", "per_minute", "tokens_per_minute") if k in settings}
         limits.setdefault("in_flight", {"anthropic": 64, "openai": 64}.get(provider, 1024))
         ctx.models[name] = {"name": name, "provider": provider, "settings": {k: v for k, v in settings.items() if k != "provider"},

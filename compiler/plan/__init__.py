@@ -21,7 +21,7 @@ from .parts import (Agent, Environment, Extension, Group, Limits, Model, Persona
                     default_in_flight)
 from .steps import Span, Step
 
-PLAN_VERSION = "1.3"  # the newest plan this Populace writes and reads
+PLAN_VERSION = "1.4"  # the newest plan this Populace writes and reads
 BASE_VERSION = "1.0"  # what a plan without newer features says, so older runtimes still run it
 SUPPORTED_MAJOR = 1
 
@@ -105,10 +105,15 @@ V1_2 = ("filtered and grouped aggregates, argmin/argmax, ordered and verbatim as
         "regroup, snapshot, builtin id/kind columns, numbered random draws, state defaults from personas, checked "
         "state ranges, grids with occupancy")
 V1_3 = "a budget in dollars"
+V1_4 = "models sent through a provider's batch API (batch = true)"
 
 
 def needed_version(plan: dict) -> str:
     """The oldest plan version that has every feature `plan` uses."""
+    models = plan.get("models")
+    if isinstance(models, dict) and any(isinstance(m, dict) and isinstance(m.get("settings"), dict)
+                                        and m["settings"].get("batch") for m in models.values()):
+        return "1.4"  # an older runtime would send the asks one by one at twice the price the plan says
     scenario = plan.get("scenario")
     settings = scenario.get("settings") if isinstance(scenario, dict) else None
     if isinstance(settings, dict) and "budget" in settings:
@@ -201,7 +206,7 @@ def check_version(plan) -> None:
                         "upgrade Populace or compile the scenario again", "$.plan_version")
     needed = needed_version(plan)
     if major == SUPPORTED_MAJOR and _version_tuple(needed) > _version_tuple(version):
-        what = {"1.3": V1_3, "1.2": V1_2}.get(needed, V1_1)
+        what = {"1.4": V1_4, "1.3": V1_3, "1.2": V1_2}.get(needed, V1_1)
         raise PlanError(f"this plan uses {what}, which need plan version {needed}, but says {version}", "$.plan_version")
     if major < SUPPORTED_MAJOR:
         raise PlanError(f"plan version {version} is older than {PLAN_VERSION} and has no upgrader; compile the scenario again",

@@ -1,7 +1,8 @@
 """The response cache: every model reply that arrived, keyed by what was asked.
 
 In: a request key (provider, model, parameters, system prompt, messages, sample index) and the
-reply with its usage. Out: the stored reply for a key, or None. SQLite in WAL mode, one file that
+reply with its usage. Out: the stored reply for a key, or None; and the ids of batches submitted to
+a provider's batch API, by the batch's key. SQLite in WAL mode, one file that
 several shard processes share (in the run directory by default, or `--cache PATH`). A reply is
 committed by a writer thread within milliseconds of arriving, and every reply of a step is
 committed before the step ends, so a crash loses at most the replies of its last few milliseconds.
@@ -36,6 +37,9 @@ class ResponseCache:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
                             "usage TEXT NOT NULL, model TEXT NOT NULL, created REAL NOT NULL)")
+            # batches submitted to a provider's batch API (batches.py): found again after a crash
+            self.db.execute("CREATE TABLE IF NOT EXISTS batches (key TEXT PRIMARY KEY, provider TEXT NOT NULL, "
+                            "batch_id TEXT NOT NULL, created REAL NOT NULL)")
         except sqlite3.Error as e:  # a full disk or a directory that cannot be written
             raise _os_error(e, path) from None
         self.queue: queue.Queue = queue.Queue()
@@ -46,6 +50,18 @@ class ResponseCache:
     def get(self, key: str):
         row = self.db.execute("SELECT text, usage FROM replies WHERE key = ?", (key,)).fetchone()
         return None if row is None else (row[0], json.loads(row[1]))
+
+    def batch_id(self, key: str) -> str | None:
+        """The provider's id of the batch submitted for `key` (batches.py), or None."""
+        row = self.db.execute("SELECT batch_id FROM batches WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def put_batch(self, key: str, provider: str, batch_id: str) -> None:
+        """Record a submitted batch now, not by the writer thread: a crash a moment later must find it."""
+        try:
+            self.db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?)", (key, provider, batch_id, time.time()))
+        except sqlite3.Error as e:
+            raise _os_error(e, self.path) from None
 
     def put(self, key: str, text: str, usage: dict, model: str) -> None:
         self.queue.put((key, text, json.dumps(usage, sort_keys=True), model, time.time()))

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import replies, requests
+from .requests import system_blocks
 from .limits import Limiter, PooledLimiter, share
 from .retry import RETRY_STATUS, backoff, is_connection_error, retry_after, short
 from .budget import BudgetReached, priced_usd, worst_case
@@ -281,6 +282,14 @@ class LLMModel:
             self.clients = self._clients()
             self.transports: dict = {}  # client -> its lean HTTP path (wire.py), made on first use
         clients = self.clients
+        if self.settings.get("batch"):  # the provider's batch API, at half price (batches.py)
+            from . import batches
+
+            try:
+                return await batches.ask(self, batch, CallLog())
+            finally:
+                if self.budget is not None:
+                    await asyncio.get_running_loop().run_in_executor(None, self.budget.give_back)
         prompts = [batch.prompt] * n if isinstance(batch.prompt, str) else batch.prompt
         systems = [batch.system] * n if batch.system is None or isinstance(batch.system, str) else batch.system
         values = empty_values(batch.output, n)
@@ -381,19 +390,3 @@ class LLMModel:
             raise ModelError(f"model `{self.name}` could not write {len(failed)} persona text(s): {failed[0]}")
         return [str(v) for v in answers.values.tolist()]
 
-
-def system_blocks(system: str, shared: int, cache: bool) -> list[dict]:
-    """Anthropic's system blocks. With `cache`, the whole system prompt is a cache breakpoint (an
-    agent's own prompt, read again in its later rounds), and when its first `shared` characters are
-    every agent's, a breakpoint ends there too, so that part is written once for all agents. The
-    text sent is the same either way: the split only says where the provider may cache."""
-    if not cache:
-        return [{"type": "text", "text": system}]
-    mark = {"type": "ephemeral"}
-    if 0 < shared < len(system):
-        return [{"type": "text", "text": system[:shared], "cache_control": mark},
-                {"type": "text", "text": system[shared:], "cache_control": mark}]
-    return [{"type": "text", "text": system, "cache_control": mark}]
-
-
-__all__ = ["LLMModel", "Limiter", "share"]  # Limiter and share: limits.py, named here for older imports

@@ -3,7 +3,8 @@
 In: an agent's system prompt (or None), its memory (("user" | "assistant", text) entries, oldest
 first), the rendered prompt, the ask's output type and whether the ask is `verbatim`. Out: the
 request as the providers take it: {"system": text or None, "messages": [{"role", "content"}]}.
-The LLM clients send exactly this (llm.py), and `populace prompt` and `--save-prompts` show exactly
+The LLM clients send exactly this (llm.py), with the system prompt as Anthropic's text blocks
+and cache breakpoints (`system_blocks`), and `populace prompt` and `--save-prompts` show exactly
 this, so what a user inspects is what was sent.
 """
 from __future__ import annotations
@@ -33,3 +34,17 @@ def messages(memory: list, prompt: str) -> list[dict]:
 
 def request(system, memory: list, prompt: str, output: dict, verbatim: bool = False) -> dict:
     return {"system": system, "messages": messages(memory, user_text(prompt, output, verbatim))}
+
+
+def system_blocks(system: str, shared: int, cache: bool) -> list[dict]:
+    """Anthropic's system blocks. With `cache`, the whole system prompt is a cache breakpoint (an
+    agent's own prompt, read again in its later rounds), and when its first `shared` characters are
+    every agent's, a breakpoint ends there too, so that part is written once for all agents. The
+    text sent is the same either way: the split only says where the provider may cache."""
+    if not cache:
+        return [{"type": "text", "text": system}]
+    mark = {"type": "ephemeral"}
+    if 0 < shared < len(system):
+        return [{"type": "text", "text": system[:shared], "cache_control": mark},
+                {"type": "text", "text": system[shared:], "cache_control": mark}]
+    return [{"type": "text", "text": system, "cache_control": mark}]
