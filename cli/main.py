@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     _add_set(p)
     p.add_argument("--budget", type=_usd, metavar="USD", help="say whether this budget covers the estimate")
+    _add_batch(p)
 
     p = sub.add_parser("run", help="run a scenario")
     p.add_argument("file")
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_usd, metavar="USD",
                    help="stop before the call that would spend more than this in all (25usd, $25); "
                         "overrides the scenario's `budget`")
+    _add_batch(p)
     p.add_argument("--monitor", action="store_true",
                    help="serve the live monitor page while the run goes on (and after it, until Ctrl-C)")
     _add_monitor_address(p)
@@ -139,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay.add_parser(sub)
     return parser
+
+
+def _add_batch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", action="store_true",
+                   help="send every Anthropic and OpenAI model's asks through the provider's batch API (half "
+                        "price, replies within 24 h); a model's own `batch = false` stands")
 
 
 def _add_monitor_address(p: argparse.ArgumentParser) -> None:
@@ -269,7 +277,7 @@ def cmd_run(args) -> int:
 
     from .progress import Progress
 
-    compiled = compile_file(args.file, args.overrides)
+    compiled = compile_file(args.file, args.overrides, batch=args.batch)
     _print_warnings(compiled)
     raw = compiled.plan
     if args.seed is not None:
@@ -458,7 +466,7 @@ def cmd_explain(args) -> int:
     from populace.compiler import compile_file
     from populace.compiler.explain import explain
 
-    compiled = compile_file(args.file, args.overrides)
+    compiled = compile_file(args.file, args.overrides, batch=args.batch)
     _print_warnings(compiled)
     sys.stdout.write(explain(compiled, budget=args.budget))
     return 0

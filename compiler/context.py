@@ -27,6 +27,7 @@ class Context:
     program: Program
     overrides: list[str]
     reporter: Reporter
+    batch: bool = False  # `--batch`: every Anthropic and OpenAI model uses its provider's batch API
     decls: dict[str, list] = field(default_factory=dict)  # kind -> declarations from every module
     scenario: n.ScenarioDecl | None = None
     params: dict[str, tuple[object, Ty]] = field(default_factory=dict)

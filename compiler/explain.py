@@ -488,8 +488,10 @@ class _Explainer:
             if provider == "python":
                 self.lines.append(f"  {name} (python): {usage.calls:,} calls of a function, no tokens, {price}")
             else:
+                batch = " (batch API: half the list price; replies within 24 h)" \
+                    if self.plan["models"][name]["settings"].get("batch") else ""
                 self.lines.append(f"  {name} ({provider}): {usage.calls:,} calls, {usage.input_tokens:,} input tokens, "
-                                  f"{usage.output_tokens:,} output tokens, {price}")
+                                  f"{usage.output_tokens:,} output tokens, {price}{batch}")
             calls, inp, outp, cost = calls + usage.calls, inp + usage.input_tokens, outp + usage.output_tokens, cost + usage.cost
             known = known and usage.cost_known
         self.lines.append(f"  all models: {calls:,} calls, {inp:,} input tokens, {outp:,} output tokens, "

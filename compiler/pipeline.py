@@ -55,9 +55,11 @@ class Compiled:
     sources: dict
 
 
-def compile_program(program: Program, overrides: list[str] | tuple = ()) -> Compiled:
-    """Run every pass; raise DiagnosticError with all errors, else return the validated plan."""
-    ctx = Context(program=program, overrides=list(overrides), reporter=Reporter(sources=dict(program.sources)))
+def compile_program(program: Program, overrides: list[str] | tuple = (), batch: bool = False) -> Compiled:
+    """Run every pass; raise DiagnosticError with all errors, else return the validated plan.
+    `batch`: every Anthropic and OpenAI model sends its asks through the provider's batch API."""
+    ctx = Context(program=program, overrides=list(overrides), reporter=Reporter(sources=dict(program.sources)),
+                  batch=batch)
     for compiler_pass in PASSES:
         compiler_pass(ctx)
     ctx.reporter.raise_if_errors()
@@ -97,10 +99,10 @@ def assemble(ctx: Context) -> dict:
     return plan
 
 
-def compile_file(path: str, overrides=()) -> Compiled:
+def compile_file(path: str, overrides=(), batch: bool = False) -> Compiled:
     from populace.dsl import load_program
 
-    return compile_program(load_program(path), overrides)
+    return compile_program(load_program(path), overrides, batch)
 
 
 __all__ = ["PASSES", "Compiled", "compile_program", "compile_file", "DiagnosticError", "n"]

@@ -144,3 +144,35 @@ def test_a_killed_batch_run_resumes_without_submitting_its_batches_again(tmp_pat
     assert metrics(broken) == metrics(tmp_path / "reference")
     assert stats.batches_created == ROUNDS and stats.batch_items == ROUNDS * N  # round 2's batch fetched, not resent
     assert "batch_resumed" in (broken / "events.jsonl").read_text()
+
+
+def test_batch_for_every_model_from_the_command_line_flag(tmp_path):
+    with FakeLLM() as fake:
+        raw = compile_file(str(write(tmp_path, fake, "openai", False)), batch=True).plan
+    assert raw["models"]["m"]["settings"]["batch"] is False  # the model's own `batch = false` stands
+    (tmp_path / "unset.pop").write_text((tmp_path / "plain-openai.pop").read_text().replace("  batch = false\n", ""))
+    raw = compile_file(str(tmp_path / "unset.pop"), batch=True).plan
+    assert raw["models"]["m"]["settings"]["batch"] is True and raw["models"]["m"]["price"] == {"input": 1.0, "output": 5.0}
+
+
+def test_a_budget_stops_a_batch_run_before_passing_it_and_resume_finishes_it(tmp_path):
+    with FakeLLM(latency=0.002, batch_latency=0.05) as fake:
+        path = write(tmp_path, fake, "openai", True)
+        full = run_plan(plan_of(path), executor="local", run_dir=str(tmp_path / "full"))
+        budget = round(full["cost_usd"] * 0.6, 6)
+        cut = run_plan(plan_of(path), executor="local", run_dir=str(tmp_path / "cut"), budget=budget,
+                       cache=str(tmp_path / "cut.sqlite"))
+        assert cut["status"] == "stopped" and cut["stopped_by"] == "budget" and cut["cost_usd"] <= budget
+        done = resume_run(str(tmp_path / "cut"), executor="local", budget=budget * 10, cache=str(tmp_path / "cut.sqlite"))
+    assert done["status"] == "finished"
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
+    assert done["cost_usd"] == pytest.approx(full["cost_usd"], rel=1e-9)  # nothing paid twice
+
+
+def test_a_server_without_a_batch_api_fails_the_run_saying_so(tmp_path):
+    with FakeLLM() as fake:
+        path = write(tmp_path, fake, "openai", True)
+        path.write_text(path.read_text().replace(fake.openai_url, fake.url + "/no-batches/v1"))
+        summary = run_plan(plan_of(path), executor="local", run_dir=str(tmp_path / "run"))
+    assert summary["status"] == "failed"
+    assert "the server has no batch API here" in summary["error"] and "remove `batch = true`" in summary["error"]

@@ -1,6 +1,6 @@
 """Pass 4, models: each model block checked against its provider's schema, with prices and key names.
 
-Reads: ctx.decls["model"], ctx.params. Adds: ctx.models (the plan's `models` part).
+Reads: ctx.decls["model"], ctx.params, ctx.batch (`--batch`). Adds: ctx.models (the plan's `models` part).
 """
 from __future__ import annotations
 
@@ -94,6 +94,8 @@ def check_models(ctx: Context) -> None:
                 ctx.error("E1019", span, f"`{key}`: {_schema_words(err)}")
         if provider in DEFAULT_KEY_ENV:
             settings.setdefault("api_key_env", DEFAULT_KEY_ENV[provider])
+            if ctx.batch:
+                settings.setdefault("batch", True)  # `--batch`; a model's own `batch = false` stands
         price = settings.pop("price", None) or DEFAULT_PRICES.get(settings.get("name", ""))
         if price and settings.get("batch"):
             # Both providers' batch APIs bill half the list price, cache reads and writes included: the

@@ -166,16 +166,22 @@ async def _one(model, items: list[tuple[str, dict]], log) -> dict:
         log.note({"type": "batch_resumed", "model": model.name, "batch": batch_id, "items": len(items)})
     began, delay = time.monotonic(), FIRST_POLL
     ceiling = float(model.settings.get("batch_poll", 10.0))
-    model.in_flight_now += len(items)
+    # The items the provider has not finished count as calls in flight, so the CLI's and the monitor's
+    # figure falls as the batch progresses (the provider's request_counts, read at each poll).
+    out = len(items)
+    model.in_flight_now += out
     try:
         while True:
-            status = await _retrying(model, lambda: provider.status(client, batch_id))
+            status, done = await _retrying(model, lambda: provider.status(client, batch_id))
+            left = max(len(items) - done, 0)
+            model.in_flight_now += left - out
+            out = left
             if status in ENDED[model.provider]:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, ceiling)
     finally:
-        model.in_flight_now -= len(items)
+        model.in_flight_now -= out
     results = await _retrying(model, lambda: provider.results(client, batch_id))
     log.note({"type": "batch_ended", "model": model.name, "batch": batch_id, "status": status,
                           "seconds": round(time.monotonic() - began, 3)})
@@ -212,7 +218,9 @@ class Anthropic:
 
     @staticmethod
     async def status(client, batch_id):
-        return (await client.messages.batches.retrieve(batch_id)).processing_status
+        got = await client.messages.batches.retrieve(batch_id)
+        counts = got.request_counts
+        return got.processing_status, counts.succeeded + counts.errored + counts.canceled + counts.expired
 
     @staticmethod
     async def results(client, batch_id) -> dict:
@@ -247,7 +255,9 @@ class OpenAI:
 
     @staticmethod
     async def status(client, batch_id):
-        return (await client.batches.retrieve(batch_id)).status
+        got = await client.batches.retrieve(batch_id)
+        counts = got.request_counts
+        return got.status, (counts.completed + counts.failed) if counts else 0
 
     @staticmethod
     async def results(client, batch_id) -> dict:
