@@ -4,7 +4,9 @@ Workload: guess 2/3 of the average, N agents, 3 rounds, each agent remembering t
 (`memory = last 4`), every call to the fake server of tests/fake_llm.py in its own process on
 127.0.0.1 answering after 100 ms, `in_flight = 256`. The ideal is in_flight / latency = 2,560
 replies/s. For each provider, transport (`lean`: runtime/models/wire.py; `sdk`: the SDK's own
-client) and executor, `populace run` runs in a fresh process and we report:
+client; `batch`: the provider's batch API, batches.py, where the fake server ends a batch 0.2 s after
+it was created, so its replies/s say nothing and its client CPU a call is the figure) and executor,
+`populace run` runs in a fresh process and we report:
 
 - replies/s over the three ask steps (their step_finished seconds), and the share of the ideal;
 - client CPU ms per call: the CPU of every process of the run (driver, Ray's daemons and shard
@@ -12,7 +14,7 @@ client) and executor, `populace run` runs in a fresh process and we report:
   own CPU is reported apart and not counted.
 
     python benchmarks/llm_path.py [--sizes 1000,10000] [--providers openai,anthropic]
-                                  [--transports lean,sdk] [--executors local,ray] [--in-flight 256]
+                                  [--transports lean,sdk,batch] [--executors local,ray] [--in-flight 256]
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ model llm {{
   in_flight = {in_flight}
   api_key_env = "BENCH_KEY"
   base_url = "{url}"
-  transport = "{transport}"
+  {transport}
 }}
 agent Player {{
   model = llm
@@ -67,7 +69,8 @@ workflow {{
 def run_once(provider: str, transport: str, executor: str, n: int, url: str, in_flight: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="populace-path-"))
     scenario = tmp / "path.pop"
-    scenario.write_text(SCENARIO.format(n=n, provider=provider, transport=transport, in_flight=in_flight,
+    how = "batch = true" if transport == "batch" else f'transport = "{transport}"'
+    scenario.write_text(SCENARIO.format(n=n, provider=provider, transport=how, in_flight=in_flight,
                                         url=url if provider == "anthropic" else url + "/v1",
                                         name="claude-haiku-4-5" if provider == "anthropic" else "llama-3-8b"))
     cmd = [sys.executable, "-m", "populace.cli", "run", str(scenario), "--quiet", "--run-dir", str(tmp / "run"),
