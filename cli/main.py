@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop before the call that would spend more than this in all (25usd, $25); "
                         "overrides the scenario's `budget`")
     _add_batch(p)
+    p.add_argument("--keep-checkpoints", type=_keep, default=None, metavar="N|all",
+                   help="checkpoints to keep, the newest (default 2); `all` lets `populace branch` start at any of them")
     p.add_argument("--monitor", action="store_true",
                    help="serve the live monitor page while the run goes on (and after it, until Ctrl-C)")
     _add_monitor_address(p)
@@ -137,10 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep-dir", help="write the sweep here (default: runs/<scenario>-sweep-<time>)")
     _add_set(p)
 
-    from . import replay
+    from . import branch, replay
 
     replay.add_parser(sub)
+    branch.add_parsers(sub)
     return parser
+
+
+def _keep(text: str) -> int:
+    """argparse type of --keep-checkpoints: a count of at least 1, or `all` (0: keep every one)."""
+    if text.strip().lower() == "all":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: write a number of checkpoints (1 or more) or `all`")
+    return value
 
 
 def _add_batch(p: argparse.ArgumentParser) -> None:
@@ -314,7 +330,8 @@ def cmd_run(args) -> int:
                                run_dir=run_dir, display=Progress(quiet=args.quiet), cache=args.cache,
                                replay=args.replay, max_failed=args.max_failed,
                                prompts={"share": args.save_prompts} if args.save_prompts is not None else None,
-                               checkpoint_every=args.checkpoint_every, budget=budget)
+                               checkpoint_every=args.checkpoint_every, budget=budget,
+                               keep_checkpoints=args.keep_checkpoints)
         except OSError as e:
             return _unwritable(e, run_dir)
         except Exception as e:  # the shards could not start (a worker that cannot import a module, ...)
@@ -649,6 +666,22 @@ def cmd_replay(args) -> int:
 
 
 COMMANDS["replay"] = cmd_replay
+
+
+def cmd_branch(args) -> int:
+    from .branch import cmd_branch
+
+    return cmd_branch(args)
+
+
+def cmd_diff(args) -> int:
+    from .branch import cmd_diff
+
+    return cmd_diff(args)
+
+
+COMMANDS["branch"] = cmd_branch
+COMMANDS["diff"] = cmd_diff
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -117,3 +117,15 @@ def test_replay_of_an_unfinished_run_is_refused_with_what_to_do(finished, capsys
     (finished / "summary.json").write_text(json.dumps(dict(summary, status="stopped")))
     assert main(["replay", str(finished), "--quiet"]) == 1
     assert "replay reruns a finished run (`populace resume`" in capsys.readouterr().err
+
+
+def test_resume_uses_the_cache_the_run_was_started_with(tmp_path, fake):
+    scenario = tmp_path / "replayed.pop"
+    scenario.write_text(SCENARIO.format(url=fake.openai_url))
+    run, shared = tmp_path / "cut", tmp_path / "elsewhere.sqlite"
+    code = main(["run", str(scenario), "--executor", "local", "--run-dir", str(run), "--quiet",
+                 "--cache", str(shared), "--budget", "0.0015"])
+    assert code == 130 and json.loads((run / "summary.json").read_text())["stopped_by"] == "budget"
+    assert main(["resume", str(run), "--budget", "1usd", "--quiet"]) == 0  # no --cache: the manifest names it
+    assert fake.requests == 90  # the calls made before the stop were not paid again
+    assert not (run / "cache.sqlite").exists()

@@ -101,6 +101,7 @@ class Driver:
                    "prices": {name: {"provider": m.provider, "price": m.price} for name, m in plan.models.items()},
                    **({"budget": self.budget} if self.budget is not None else {}),
                    "scenario_dir": self.folder,  # where a resume finds the scenario's Python files
+                   "keep_checkpoints": self.run_dir.keep_checkpoints,  # and how many checkpoints it keeps
                    "pid": os.getpid(), "host": socket.gethostname()}  # the monitor tells a dead driver
         if resume is None:
             self.run_dir.write_bytes("plan.json", plan_bytes(plan) + b"\n")
@@ -234,7 +235,7 @@ class Driver:
         self.executor.checkpoint_done()
         self.emit({"type": "checkpoint", "seq": self.seq, "before": self.frames[-1]["index"],
                    "iteration": self.frames[-1]["label"]})
-        self.run_dir.prune_checkpoints(keep=2)
+        self.run_dir.prune_checkpoints()
 
     def restore(self, state: dict) -> None:
         self.seq = state["seq"]

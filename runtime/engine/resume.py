@@ -54,13 +54,14 @@ def _resume(run_dir, executor, address, display, listener, cache, checkpoint_eve
     finished = _finished(run_dir)
     if finished:
         raise ResumeError(f"{run_dir} {finished}; there is nothing to resume (run the scenario again for a new run)")
-    folder, started_on, paid = None, None, RunState()
+    folder, started_on, paid, keep = None, None, RunState(), None
     try:
         if os.path.exists(os.path.join(run_dir, "events.jsonl")):
             events = read_events(os.path.join(run_dir, "events.jsonl"))  # a newer format raises
             starts = [e for e in events if e["type"] == "run_started"]
             folder = next((e["scenario_dir"] for e in starts if isinstance(e.get("scenario_dir"), str)), None)
             started_on = next((e["executor"] for e in starts if e.get("executor") in ("local", "ray")), None)
+            keep = next((e["keep_checkpoints"] for e in starts if isinstance(e.get("keep_checkpoints"), int)), None)
             paid = RunState.from_events(events)
     except NewerFormatError as e:
         raise ResumeError(f"{run_dir} cannot be resumed: {e}") from None
@@ -87,7 +88,8 @@ def _resume(run_dir, executor, address, display, listener, cache, checkpoint_eve
             errors.append(f"{os.path.basename(directory)}: metrics.jsonl line {damaged + 1} is damaged")
             continue
         ranges = {pop: [tuple(r) for r in rs] for pop, rs in state["ranges"].items()}
-        options = {"cache": os.path.abspath(cache or os.path.join(run_dir, "cache.sqlite")), "replay": False,
+        options = {"cache": os.path.abspath(cache or _manifest_cache(run_dir) or os.path.join(run_dir, "cache.sqlite")),
+                   "replay": False,
                    "environment": model_environment(plan), "restore": directory,
                    "checkpoints": os.path.abspath(os.path.join(run_dir, "checkpoints")),
                    "restartable": plan.settings.get("checkpoint_every", 1) == 1, "scenario_dir": folder,
@@ -100,7 +102,7 @@ def _resume(run_dir, executor, address, display, listener, cache, checkpoint_eve
                 raise ResumeError(f"{run_dir} cannot be resumed: {_first_line(cause)}") from None
             errors.append(f"{os.path.basename(directory)}: {cause}")
             continue
-        return _finish(plan, ex, run_dir, state, display, listener, folder, checkpoint_every, held, budget)
+        return _finish(plan, ex, run_dir, state, display, listener, folder, checkpoint_every, held, budget, keep)
     again = "run the scenario again"
     if os.path.exists(os.path.join(run_dir, "cache.sqlite")):
         again += " (with --cache pointing at its cache.sqlite, so answers already paid for are reused)"
@@ -127,6 +129,17 @@ def _damaged_metrics_line(run_dir: str) -> int | None:
     return None
 
 
+def _manifest_cache(run_dir: str) -> str | None:
+    """The response cache the run used (`--cache`, or a branch's parent's), from its manifest."""
+    from populace.runtime.store.manifest import read
+
+    try:
+        cache = (read(run_dir) or {}).get("cache")
+    except (OSError, ValueError):
+        return None
+    return cache if isinstance(cache, str) and os.path.exists(cache) else None
+
+
 def _finished(run_dir: str) -> str | None:
     """Why this run needs no resume (its summary says it finished), or None."""
     try:
@@ -147,10 +160,12 @@ def _first_line(error) -> str:
 
 
 def _finish(plan, ex, run_dir, state, display, listener, folder=None, checkpoint_every=None, held=None,
-            budget=None) -> dict:
+            budget=None, keep=None) -> dict:
     from .run import drive
 
     directory = RunDir(run_dir, lock_fd=held.pop("fd", None) if held is not None else None)
+    if keep is not None:
+        directory.keep_checkpoints = keep  # as the run started: a run kept for branching stays so
     return drive(plan, ex, directory, display, listener, resume=state, folder=folder, checkpoint_every=checkpoint_every,
                  budget=budget)
 

@@ -21,7 +21,7 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
              run_dir: str | None = None, display=None, listener=None, cache: str | None = None,
              replay: bool = False, checkpoint_every: int | None = None, should_stop=None,
              folder: str | None = None, max_failed: float | None = None, prompts: dict | None = None,
-             budget: float | None = None) -> dict:
+             budget: float | None = None, keep_checkpoints: int | None = None) -> dict:
     """`cache`: the response cache (default: cache.sqlite in the run directory); `replay`: refuse
     any model call whose reply is not in the cache; `should_stop()`: asked between steps, True
     ends the run as stopped (a sweep's Ctrl-C reaches runs in other threads this way); `folder`: the
@@ -29,9 +29,12 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
     the share of failed answers in one ask above which the run fails (default: the scenario's, 5%);
     `prompts`: whose exact requests to keep under prompts/ ({"share": 0.01} a sample of agents, or
     {"agents": [17], "step": "step:ask.guess", "iteration": "[round=3]"}); `budget`: dollars the run
-    may spend (models/budget.py), else the scenario's `budget`, else no limit."""
+    may spend (models/budget.py), else the scenario's `budget`, else no limit; `keep_checkpoints`: how
+    many of the newest checkpoints to keep (default 2; 0 keeps every one, for `populace branch`)."""
     budget = plan.settings.get("budget") if budget is None else budget
     directory = RunDir(run_dir or new_run_dir(plan.scenario.name))
+    if keep_checkpoints is not None:
+        directory.keep_checkpoints = keep_checkpoints
     every = plan.settings.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
     options = {"cache": os.path.abspath(cache or directory.file("cache.sqlite")), "replay": replay,
                "environment": model_environment(plan),

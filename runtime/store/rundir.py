@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 # shard Arrow files. Bump it when an older Populace would misread the new files. A file without a
 # stamp was written before stamps existed: format 1.
 RUN_FORMAT = 1
+KEEP_CHECKPOINTS = 2  # a resume needs the newest; the one before it covers a checkpoint damaged mid-write
 
 
 @functools.cache
@@ -204,6 +205,8 @@ class RunDir:
         self._events = _AppendOnly(os.path.join(path, "events.jsonl"))
         self._metrics = _AppendOnly(os.path.join(path, "metrics.jsonl"))
         self.metrics_written = 0
+        # checkpoints kept (the newest); 0 keeps every one, which `populace branch` needs to start at any of them
+        self.keep_checkpoints = KEEP_CHECKPOINTS
 
     def file(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
@@ -249,9 +252,13 @@ class RunDir:
         self._metrics = _AppendOnly(path)
         self.metrics_written = len(kept)
 
-    def prune_checkpoints(self, keep: int) -> None:
+    def prune_checkpoints(self, keep: int | None = None) -> None:
+        """Delete all but the newest `keep` checkpoints (default: the run's `keep_checkpoints`; 0 keeps all)."""
         import shutil
 
+        keep = self.keep_checkpoints if keep is None else keep
+        if not keep:
+            return
         root = self.file("checkpoints")
         done = sorted(d for d in os.listdir(root) if os.path.exists(os.path.join(root, d, "driver.json")))
         for old in done[:-keep]:
