@@ -49,12 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("-o", "--output", help="write the plan here instead of stdout")
     _add_set(p)
+    _add_prices(p)
 
     p = sub.add_parser("explain", help="show the plan for people: steps, calls, tokens and cost")
     p.add_argument("file")
     _add_set(p)
     p.add_argument("--budget", type=_usd, metavar="USD", help="say whether this budget covers the estimate")
     _add_batch(p)
+    _add_prices(p)
 
     p = sub.add_parser("run", help="run a scenario")
     p.add_argument("file")
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop before the call that would spend more than this in all (25usd, $25); "
                         "overrides the scenario's `budget`")
     _add_batch(p)
+    _add_prices(p)
     p.add_argument("--keep-checkpoints", type=_keep, default=None, metavar="N|all",
                    help="checkpoints to keep, the newest (default 2); `all` lets `populace branch` start at any of them")
     p.add_argument("--monitor", action="store_true",
@@ -157,6 +160,21 @@ def _keep(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: write a number of checkpoints (1 or more) or `all`")
     return value
+
+
+def _add_prices(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prices", type=_prices, metavar="FILE",
+                   help="a JSON prices table (model name -> {input, output, cache_read, cache_write} in USD per "
+                        "million tokens) over the built-in one; a model block's own `price` still wins")
+
+
+def _prices(path: str) -> dict:
+    from populace.compiler.prices import PricesError, load_prices
+
+    try:
+        return load_prices(path)
+    except PricesError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_batch(p: argparse.ArgumentParser) -> None:
@@ -248,7 +266,7 @@ def cmd_fmt(args) -> int:
 def cmd_compile(args) -> int:
     from populace.compiler import compile_file
 
-    compiled = compile_file(args.file, args.overrides)
+    compiled = compile_file(args.file, args.overrides, prices=args.prices)
     _print_warnings(compiled)
     if args.output:
         from populace.runtime.store.rundir import write_atomic
@@ -293,7 +311,7 @@ def cmd_run(args) -> int:
 
     from .progress import Progress
 
-    compiled = compile_file(args.file, args.overrides, batch=args.batch)
+    compiled = compile_file(args.file, args.overrides, batch=args.batch, prices=args.prices)
     _print_warnings(compiled)
     raw = compiled.plan
     if args.seed is not None:
@@ -483,7 +501,7 @@ def cmd_explain(args) -> int:
     from populace.compiler import compile_file
     from populace.compiler.explain import explain
 
-    compiled = compile_file(args.file, args.overrides, batch=args.batch)
+    compiled = compile_file(args.file, args.overrides, batch=args.batch, prices=args.prices)
     _print_warnings(compiled)
     sys.stdout.write(explain(compiled, budget=args.budget))
     return 0

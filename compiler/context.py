@@ -28,6 +28,7 @@ class Context:
     overrides: list[str]
     reporter: Reporter
     batch: bool = False  # `--batch`: every Anthropic and OpenAI model uses its provider's batch API
+    prices: dict | None = None  # `--prices FILE`: the prices table (compiler/prices.py); None: the built-in one
     decls: dict[str, list] = field(default_factory=dict)  # kind -> declarations from every module
     scenario: n.ScenarioDecl | None = None
     params: dict[str, tuple[object, Ty]] = field(default_factory=dict)

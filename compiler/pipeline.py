@@ -55,11 +55,13 @@ class Compiled:
     sources: dict
 
 
-def compile_program(program: Program, overrides: list[str] | tuple = (), batch: bool = False) -> Compiled:
+def compile_program(program: Program, overrides: list[str] | tuple = (), batch: bool = False,
+                    prices: dict | None = None) -> Compiled:
     """Run every pass; raise DiagnosticError with all errors, else return the validated plan.
-    `batch`: every Anthropic and OpenAI model sends its asks through the provider's batch API."""
+    `batch`: every Anthropic and OpenAI model sends its asks through the provider's batch API;
+    `prices`: the prices table by model name (compiler/prices.py `load_prices`), else the built-in one."""
     ctx = Context(program=program, overrides=list(overrides), reporter=Reporter(sources=dict(program.sources)),
-                  batch=batch)
+                  batch=batch, prices=prices)
     for compiler_pass in PASSES:
         compiler_pass(ctx)
     ctx.reporter.raise_if_errors()
@@ -99,10 +101,10 @@ def assemble(ctx: Context) -> dict:
     return plan
 
 
-def compile_file(path: str, overrides=(), batch: bool = False) -> Compiled:
+def compile_file(path: str, overrides=(), batch: bool = False, prices: dict | None = None) -> Compiled:
     from populace.dsl import load_program
 
-    return compile_program(load_program(path), overrides, batch)
+    return compile_program(load_program(path), overrides, batch, prices)
 
 
 __all__ = ["PASSES", "Compiled", "compile_program", "compile_file", "DiagnosticError", "n"]

@@ -1,6 +1,6 @@
 """Pass 4, models: each model block checked against its provider's schema, with prices and key names.
 
-Reads: ctx.decls["model"], ctx.params, ctx.batch (`--batch`). Adds: ctx.models (the plan's `models` part).
+Reads: ctx.decls["model"], ctx.params, ctx.batch (`--batch`), ctx.prices (`--prices FILE`). Adds: ctx.models (the plan's `models` part).
 """
 from __future__ import annotations
 
@@ -14,17 +14,11 @@ from populace.dsl import nodes as n
 from populace.dsl.diagnostics import did_you_mean
 
 from ..context import Context, span_json
+from ..prices import BUILT_IN
 from ..values import article, constant
 
 
-DEFAULT_PRICES = {  # USD per million tokens; a model block's `price` overrides
-    "claude-haiku-4-5": {"input": 1.0, "output": 5.0, "cache_read": 0.1, "cache_write": 1.25},
-    "claude-sonnet-4-5": {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_write": 3.75},
-    "claude-opus-4-1": {"input": 15.0, "output": 75.0, "cache_read": 1.5, "cache_write": 18.75},
-    "gpt-4o-mini": {"input": 0.15, "output": 0.6},
-    "gpt-4o": {"input": 2.5, "output": 10.0},
-    "gpt-4.1-mini": {"input": 0.4, "output": 1.6},
-}
+DEFAULT_PRICES = BUILT_IN  # the built-in table (compiler/prices.py); `--prices FILE` overrides it
 BATCH_DISCOUNT = 0.5  # Anthropic Message Batches and OpenAI Batch: 50% of the list price
 DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 SECRET_SETTINGS = ("api_key", "key", "token", "secret", "password", "authorization")
@@ -96,7 +90,8 @@ def check_models(ctx: Context) -> None:
             settings.setdefault("api_key_env", DEFAULT_KEY_ENV[provider])
             if ctx.batch:
                 settings.setdefault("batch", True)  # `--batch`; a model's own `batch = false` stands
-        price = settings.pop("price", None) or DEFAULT_PRICES.get(settings.get("name", ""))
+        table = ctx.prices if ctx.prices is not None else DEFAULT_PRICES
+        price = settings.pop("price", None) or table.get(settings.get("name", ""))
         if price and settings.get("batch"):
             # Both providers' batch APIs bill half the list price, cache reads and writes included: the
             # plan carries the price actually paid, so cost, budget and explain need no second rule.
