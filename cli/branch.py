@@ -45,7 +45,9 @@ def add_parsers(sub) -> None:
 
 
 class BranchError(Exception):
-    pass
+    def __init__(self, message: str, rendered: bool = False):
+        super().__init__(message)
+        self.rendered = rendered  # a compiler diagnostic, printed as it is
 
 
 def cmd_branch(args) -> int:
@@ -56,7 +58,7 @@ def cmd_branch(args) -> int:
     try:
         out, parent_calls = make_branch(args.run_dir, args.at, args.overrides, args.out)
     except BranchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(str(e) if e.rendered else f"error: {e}", file=sys.stderr)
         return 1
     try:
         summary = resume_run(out, executor=args.executor, address=args.address, display=Progress(quiet=args.quiet))
@@ -89,22 +91,27 @@ def make_branch(run: str, at: str, overrides: list[str], out: str | None) -> tup
     marks = [e for e in events if e.get("type") == "checkpoint" and isinstance(e.get("seq"), int)]
     seq = next((e["seq"] for e in marks if wanted <= set(label_parts(e.get("iteration", "")))), None)
     if seq is None:
-        shown = ", ".join(sorted({e.get("iteration") or "(top level)" for e in marks})) or "none"
-        raise BranchError(f"{run} has no checkpoint in an iteration with {at} (its checkpoints were taken at: {shown})")
+        shown = list(dict.fromkeys(e.get("iteration") or "(top level)" for e in marks))  # in run order
+        listed = ", ".join(shown[:12]) + (f", ... ({len(shown)} iterations)" if len(shown) > 12 else "")
+        names = sorted({name for e in marks for name, _ in label_parts(e.get("iteration", ""))})
+        raise BranchError(f"{run} has no checkpoint in an iteration with {at} (loop variables here: "
+                          f"{', '.join(names) or 'none'}; checkpoints at: {listed or 'none'})")
     kept = {state["seq"]: path for path, state in checkpoints(run, parent) if isinstance(state.get("seq"), int)}
     if seq not in kept:
         label = next(e["iteration"] for e in marks if e["seq"] == seq)
+        cache = os.path.join(run, "cache.sqlite")
+        free = (f"; with --cache {cache} that run is answered from the cache and costs nothing"
+                if os.path.exists(cache) else "")
         raise BranchError(
             f"{run} no longer has its checkpoint at {label}: a run keeps only its last "
-            f"{len(kept) or 2} checkpoints. Run the scenario again with --keep-checkpoints all to branch anywhere; "
-            f"with --cache {os.path.join(run, 'cache.sqlite')} that run is answered from the cache and costs nothing")
+            f"{len(kept) or 2} checkpoints. Run the scenario again with --keep-checkpoints all to branch anywhere{free}")
     started = next((e for e in events if e.get("type") == "run_started"), {})
     source = _scenario_file(parent, started.get("scenario_dir"))
     params = [f"{k}={json.dumps(v)}" for k, v in parent.params.items()]
     try:
         compiled = compile_file(source, params + list(overrides))
     except DiagnosticError as e:
-        raise BranchError(e.render()) from None
+        raise BranchError(e.render(), rendered=True) from None
     raw = compiled.plan
     if raw["scenario"]["seed"] != parent.seed:  # the parent ran with --seed
         from .main import _with_seed
@@ -175,8 +182,20 @@ def _same_shape(parent, child) -> None:
         if other is None or other.size != pop.size:
             raise BranchError(f"population `{name}` would have {other.size if other else 0:,} agents instead of "
                               f"{pop.size:,}; a branch keeps the parent's agents")
-    if set(parent.environments) != set(child.environments) or set(parent.models) != set(child.models):
-        raise BranchError("the new params change the environments or models; a branch keeps them")
+    if set(parent.models) != set(child.models):
+        raise BranchError("the new params change the models declared; a branch keeps them")
+    # The checkpoint holds the environments' values and personas are sampled again from the plan:
+    # a param that shapes either would leave the branch half old, half new, so it is refused.
+    for name, env in parent.environments.items():
+        if child.environments.get(name) != env:
+            raise BranchError(f"the new params change environment `{name}` (its fields' starting values or "
+                              "settings), whose values the checkpoint holds; a branch can change what the "
+                              "workflow does with a param, not an environment's start. Run the changed scenario "
+                              "as a new run instead")
+    for name, persona in parent.personas.items():
+        if child.personas.get(name) != persona:
+            raise BranchError(f"the new params change persona `{name}`; the agents before the branch point had "
+                              "the parent's personas. Run the changed scenario as a new run instead")
 
 
 def _lay_out(run: str, out: str, events: list, seq: int, checkpoint: str, child, plan_data: bytes) -> None:

@@ -583,8 +583,9 @@ def _status_code(summary: dict) -> int:
         return 130
     if status != "finished" and checkpoints_written(run_dir):
         kept = "stopped" if status == "stopped" else "failed"
-        then = "" if status == "stopped" else (" once the cause is fixed (an error of the scenario itself, such as a "
-                                               "value out of its range, would stop it again)")
+        then = "" if status == "stopped" else (" once the cause is fixed outside the scenario (resume runs the saved "
+                                               "plan.json: a fix to the scenario file, such as removing `batch = true` "
+                                               "or a value out of its range, needs a new run)")
         print(f"{kept}: everything written so far is kept; `populace resume {shlex.quote(os.fspath(run_dir))}` "
               f"continues from the last checkpoint{then}", file=sys.stderr)
     return {"finished": 0, "stopped": 130}.get(status, 1)

@@ -46,6 +46,11 @@ def cmd_replay(args) -> int:
         return _error(f"{run} ended {status or 'without a summary (is it still running?)'}; replay reruns a "
                       "finished run (`populace resume` continues an unfinished one first)")
     manifest = manifests.read(run) or {}
+    if manifest.get("branched_from"):
+        parent = manifest["branched_from"]
+        return _error(f"{run} is a branch of {parent.get('run')}; its plan holds only the new params, so a replay "
+                      "from the start would not be the branch. Replay the parent, or branch it again with the same "
+                      f"--at {parent.get('at')} and --set (answered from the cache)")
     started = _run_started(run)
     cache = args.cache or manifest.get("cache") or os.path.join(run, "cache.sqlite")
     if any(not plan.models[m].offline for m in used_models(plan)) and not os.path.exists(cache):
@@ -69,7 +74,8 @@ def report(run: str, out: str, summary: dict) -> int:
     # an LLM model's `calls` are the requests it sent; cache hits are counted apart
     requests = sum(m.get("calls", 0) for m in (summary.get("models") or {}).values() if "cache_hits" in m)
     hits = sum(m.get("cache_hits", 0) for m in (summary.get("models") or {}).values())
-    print(f"replay: {out} ({summary['status']}); {hits:,} answers from the cache, {requests:,} model calls")
+    print(f"replay: {out} ({summary['status']}); {hits:,} LLM answers from the cache, {requests:,} requests "
+          "to LLM providers")
     same = summary["status"] == "finished" and not summary.get("errors")
     if not same:
         print(f"  the replay did not finish cleanly ({summary.get('errors', 0):,} errors): a call was not in the "

@@ -17,6 +17,7 @@ scenario taxed {{
   seed = 3
   param n = {n}
   param tax = 0.1
+  param start = 5
 }}
 model local {{
   provider = openai
@@ -32,6 +33,9 @@ agent Citizen {{
   system = "You pay taxes."
 }}
 population citizens = param.n x Citizen
+environment town {{
+  fund: float = param.start
+}}
 workflow {{
   repeat {rounds} as round {{
     ask citizens "Round {{{{round}}}}. The tax is {{{{param.tax}}}}. How much do you work, 0 to 100?" -> work: int in 0..100
@@ -112,8 +116,23 @@ def test_what_cannot_be_a_branch_is_refused(parent, tmp_path, capsys):
     assert main(["branch", str(parent), "--at", "round=2", "--set", "n=30"]) == 1
     assert "population `citizens` would have 30 agents instead of 20" in capsys.readouterr().err
     assert main(["branch", str(parent), "--at", "round=2", "--set", "nope=1"]) == 1
-    assert "no param `nope`" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no param `nope`" in err and not err.startswith("error: error")
     scenario = tmp_path / "taxed.pop"
     scenario.write_text(scenario.read_text().replace("You pay taxes.", "You pay taxes!"))
     assert main(["branch", str(parent), "--at", "round=2", "--set", "tax=0.3"]) == 1
     assert "changed since the run" in capsys.readouterr().err
+
+
+def test_a_param_that_shapes_an_environments_start_is_refused(parent, capsys):
+    assert main(["branch", str(parent), "--at", "round=2", "--set", "start=9"]) == 1
+    err = capsys.readouterr().err
+    assert "change environment `town`" in err and "new run instead" in err
+
+
+def test_a_branch_is_not_replayed_as_if_it_were_a_run_from_the_start(parent, tmp_path, capsys):
+    branch = tmp_path / "b"
+    assert main(["branch", str(parent), "--at", "round=3", "--set", "tax=0.3", "--run-dir", str(branch), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["replay", str(branch), "--quiet"]) == 1
+    assert "is a branch of" in capsys.readouterr().err

@@ -87,7 +87,7 @@ def test_replay_makes_no_request_and_matches_byte_for_byte(finished, fake, capsy
     assert main(["replay", str(finished), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert fake.requests == before
-    assert "90 answers from the cache, 0 model calls" in out
+    assert "90 LLM answers from the cache, 0 requests to LLM providers" in out
     assert "metrics.jsonl: identical" in out and "records/metrics.parquet: identical" in out
     assert "replay matches the run byte for byte" in out
     replay = Path(str(finished) + "-replay")
