@@ -313,6 +313,10 @@ def cmd_run(args) -> int:
 
     compiled = compile_file(args.file, args.overrides, batch=args.batch, prices=args.prices)
     _print_warnings(compiled)
+    if any(d.code == "W1003" for d in compiled.warnings):
+        print(f"error: {args.file} uses params of a scenario that imports it and has no scenario block of its "
+              "own; run the scenario that imports it", file=sys.stderr)
+        return 1
     raw = compiled.plan
     if args.seed is not None:
         raw = _with_seed(raw, args.seed)

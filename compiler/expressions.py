@@ -344,6 +344,13 @@ class Checker:
         return (ft.column(ty.pop) if ty.per_agent else ft), {"get": ir, "field": e.attr}
 
     def _param(self, e: n.Attr):
+        if e.attr not in self.ctx.params and self.ctx.scenario is None:
+            # A module checked on its own: its params are those of the scenario that imports it, which
+            # checks them in full. Alone the value is unknown, so the use is left out (and `run` refuses).
+            self.ctx.warning("W1003", e.span, f"`param.{e.attr}` comes from the scenario that imports this file",
+                             label="unknown on its own",
+                             hint="checked with its value when the importing scenario is checked or compiled")
+            return BAD
         if e.attr not in self.ctx.params:
             self.ctx.error("E1008", e.span, f"unknown param `{e.attr}`", label="not declared in the scenario block",
                            hint=did_you_mean(e.attr, self.ctx.params) or "declare it: param NAME = DEFAULT")

@@ -211,3 +211,18 @@ def test_a_plan_that_uses_an_undeclared_name_is_refused_with_the_path(in_repo_ro
     with pytest.raises(PlanError) as err:
         load_plan(json.dumps(plan))
     assert err.value.path == "$.agents.Player.model" and "'level_k' is used but not declared" in err.value.message
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").rglob("*.pop")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_example_file_checks_on_its_own(path, capsys):
+    # scenarios and the modules they import alike: a module's params come from its importer (W1003)
+    from populace.cli.main import main
+
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_a_module_that_uses_its_importers_params_is_not_run_on_its_own(capsys):
+    from populace.cli.main import main
+
+    assert main(["run", str(ROOT / "examples" / "paper" / "models_vllm.pop"), "--executor", "local"]) == 1
+    assert "run the scenario that imports it" in capsys.readouterr().err
