@@ -122,12 +122,12 @@ def make_branch(run: str, at: str, overrides: list[str], out: str | None) -> tup
     out = out or f"{run.rstrip('/')}-branch-{time.strftime('%Y%m%d-%H%M%S')}"
     if os.path.exists(out) and os.listdir(out):
         raise BranchError(f"{out} exists and is not empty; name another with --run-dir")
-    _lay_out(run, out, events, seq, kept[seq], child, plan_bytes(child))
+    history, state = _lay_out(run, out, events, seq, kept[seq], child, plan_bytes(child))
     directory = RunDir(out)
     try:
         parent_manifest = manifests.read(run) or {}
         cache = parent_manifest.get("cache") or os.path.abspath(os.path.join(run, "cache.sqlite"))
-        shards = {p: len(r) for p, r in json.load(open(os.path.join(kept[seq], "driver.json")))["ranges"].items()}
+        shards = {p: len(r) for p, r in state["ranges"].items()}
         manifests.start(directory, child, started.get("executor") or "local", shards, cache, parent_manifest.get("budget_usd"))
         m = manifests.read(out)
         m["branched_from"] = {"run": os.path.abspath(run), "plan_hash": parent.plan_hash, "checkpoint": seq,
@@ -135,8 +135,9 @@ def make_branch(run: str, at: str, overrides: list[str], out: str | None) -> tup
         directory.write_json(manifests.MANIFEST, m)
     finally:
         directory.close()
-    parent_calls = _calls_before(events, seq)
-    return out, parent_calls
+    from populace.runtime.store.fold import RunState
+
+    return out, RunState.from_events(history).calls  # the calls the parent had made at the branch point
 
 
 def _at(text: str) -> set:
@@ -198,9 +199,10 @@ def _same_shape(parent, child) -> None:
                               "the parent's personas. Run the changed scenario as a new run instead")
 
 
-def _lay_out(run: str, out: str, events: list, seq: int, checkpoint: str, child, plan_data: bytes) -> None:
+def _lay_out(run: str, out: str, events: list, seq: int, checkpoint: str, child, plan_data: bytes) -> tuple[list, dict]:
     """The branch's history: the parent's events up to the checkpoint, its metrics lines and ask
-    tables until then, the checkpoint (now of the new plan) and the new plan."""
+    tables until then, the checkpoint (now of the new plan) and the new plan. Returns those events
+    and the checkpoint's driver state."""
     from populace.runtime.store.rundir import ask_file, write_atomic
 
     os.makedirs(out, exist_ok=True)
@@ -229,14 +231,7 @@ def _lay_out(run: str, out: str, events: list, seq: int, checkpoint: str, child,
     state["plan_hash"] = child.plan_hash  # the parent's state, continued under the new plan
     write_atomic(os.path.join(target, "driver.json"), (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
     write_atomic(os.path.join(out, "plan.json"), plan_data + b"\n")
-
-
-def _calls_before(events: list, seq: int) -> int:
-    """The calls the parent had made when it wrote checkpoint `seq` (the branch's start)."""
-    from populace.runtime.store.fold import RunState
-
-    cut = next(i for i, e in enumerate(events) if e.get("type") == "checkpoint" and e.get("seq") == seq)
-    return RunState.from_events(events[:cut + 1]).calls
+    return history, state
 
 
 # ---------------------------------------------------------------- diff

@@ -114,16 +114,12 @@ def _status(run: str) -> str | None:
 
 def _run_started(run: str) -> dict:
     """The first run_started event (executor, shards, scenario_dir), or {}."""
+    from populace.runtime.store.events import read_events
+
     try:
-        with open(os.path.join(run, "events.jsonl"), encoding="utf-8") as f:
-            for line in f:
-                if '"run_started"' in line:
-                    event = json.loads(line)
-                    if event.get("type") == "run_started":
-                        return event
+        return next((e for e in read_events(os.path.join(run, "events.jsonl")) if e.get("type") == "run_started"), {})
     except (OSError, ValueError):
-        pass
-    return {}
+        return {}
 
 
 def _free(path: str) -> str:

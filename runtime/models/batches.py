@@ -35,6 +35,7 @@ from .base import Answers, AskBatch, empty_values
 from .budget import priced_usd, worst_case
 from .cache import request_key
 from .retry import RETRY_STATUS, backoff, is_connection_error, short
+from .wire import parse  # a reply's text and usage, read as the direct path reads them
 
 BATCH_ITEMS = 50_000  # OpenAI's limit per batch (Anthropic's is 100,000)
 FIRST_POLL = 0.1  # seconds before the first status check; doubled up to `batch_poll`
@@ -228,12 +229,7 @@ class Anthropic:
         async for line in await client.messages.batches.results(batch_id):
             result = line.result
             if result.type == "succeeded":
-                message = result.message
-                u = message.usage
-                out[line.custom_id] = ("".join(getattr(b, "text", "") for b in message.content),
-                                       {"input": u.input_tokens or 0, "output": u.output_tokens or 0,
-                                        "cache_read": getattr(u, "cache_read_input_tokens", 0) or 0,
-                                        "cache_write": getattr(u, "cache_creation_input_tokens", 0) or 0}, None)
+                out[line.custom_id] = (*parse("anthropic", result.message.model_dump()), None)
             else:
                 error = getattr(getattr(result, "error", None), "error", None)
                 out[line.custom_id] = (None, None, _item_error(result.type, getattr(error, "message", None)))
@@ -274,12 +270,7 @@ class OpenAI:
                 response = line.get("response") or {}
                 body = response.get("body") or {}
                 if response.get("status_code") == 200 and body.get("choices"):
-                    u = body.get("usage") or {}
-                    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-                    out[line["custom_id"]] = (body["choices"][0]["message"].get("content") or "",
-                                              {"input": (u.get("prompt_tokens") or 0) - cached,
-                                               "output": u.get("completion_tokens") or 0,
-                                               "cache_read": cached, "cache_write": 0}, None)
+                    out[line["custom_id"]] = (*parse("openai", body), None)
                 else:
                     error = line.get("error") or body.get("error") or {}
                     detail = error.get("message") if isinstance(error, dict) else error
