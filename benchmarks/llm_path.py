@@ -14,7 +14,11 @@ it was created, so its replies/s say nothing and its client CPU a call is the fi
   own CPU is reported apart and not counted.
 
     python benchmarks/llm_path.py [--sizes 1000,10000] [--providers openai,anthropic]
-                                  [--transports lean,sdk,batch] [--executors local,ray] [--in-flight 256]
+                                  [--transports lean,sdk,batch] [--executors local,local:2,ray]
+                                  [--in-flight 256]
+
+`local` is the local executor as `populace run` chooses its worker processes (none below 20,000
+agents); `local:W` sets W of them (`--workers W`).
 """
 from __future__ import annotations
 
@@ -73,8 +77,9 @@ def run_once(provider: str, transport: str, executor: str, n: int, url: str, in_
     scenario.write_text(SCENARIO.format(n=n, provider=provider, transport=how, in_flight=in_flight,
                                         url=url if provider == "anthropic" else url + "/v1",
                                         name="claude-haiku-4-5" if provider == "anthropic" else "llama-3-8b"))
+    kind, _, workers = executor.partition(":")  # local:2 = the local executor with 2 worker processes
     cmd = [sys.executable, "-m", "populace.cli", "run", str(scenario), "--quiet", "--run-dir", str(tmp / "run"),
-           "--executor", executor]
+           "--executor", kind] + (["--workers", workers] if workers else [])
     env = dict(os.environ, BENCH_KEY="bench", RAY_AUTH_MODE="disabled")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     seen: dict[int, float] = {}

@@ -64,9 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="override the scenario's seed")
     p.add_argument("--run-dir", help="write the run here (default: runs/<scenario>-<time>)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
-                   help="ray (default: a local Ray, or a cluster with --address) or local (one process, for debugging)")
+                   help="ray (default: a local Ray, or a cluster with --address) or local (this machine, "
+                        "without Ray: see --workers)")
     p.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
     p.add_argument("--shards", type=int, help="shards per population (default: one per CPU)")
+    _add_workers(p)
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--cache", help="response cache (SQLite) to read and extend; default: cache.sqlite in the run directory")
     p.add_argument("--replay", action="store_true", help="answer only from the cache; refuse any new model call")
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("ray", "local"), default=None,
                    help="where the shards run (default: where the run started)")
     p.add_argument("--address", help="an existing Ray cluster (or set RAY_ADDRESS)")
+    _add_workers(p)
     p.add_argument("--cache", help="response cache (default: cache.sqlite in the run directory)")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="checkpoint before every N-th agent step (default: what the run used)")
@@ -175,6 +178,31 @@ def _prices(path: str) -> dict:
         return load_prices(path)
     except PricesError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=_count, metavar="N",
+                   help="with --executor local: run the shards in N worker processes (0: in the driver's own "
+                        "process; default: one per CPU from 20,000 agents, else 0)")
+
+
+def _workers_on_ray(args) -> bool:
+    """--workers with --executor ray would be silently ignored: say so instead (True: refused)."""
+    if args.workers is not None and args.executor == "ray":
+        print("error: --workers is for --executor local; on Ray every shard is an actor of its own, so "
+              "use --shards N to set how many run at once", file=sys.stderr)
+        return True
+    return False
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def _add_batch(p: argparse.ArgumentParser) -> None:
@@ -311,6 +339,8 @@ def cmd_run(args) -> int:
 
     from .progress import Progress
 
+    if _workers_on_ray(args):
+        return 2
     compiled = compile_file(args.file, args.overrides, batch=args.batch, prices=args.prices)
     _print_warnings(compiled)
     if any(d.code == "W1003" for d in compiled.warnings):
@@ -353,7 +383,7 @@ def cmd_run(args) -> int:
                                replay=args.replay, max_failed=args.max_failed,
                                prompts={"share": args.save_prompts} if args.save_prompts is not None else None,
                                checkpoint_every=args.checkpoint_every, budget=budget,
-                               keep_checkpoints=args.keep_checkpoints)
+                               keep_checkpoints=args.keep_checkpoints, workers=args.workers)
         except OSError as e:
             return _unwritable(e, run_dir)
         except Exception as e:  # the shards could not start (a worker that cannot import a module, ...)
@@ -535,9 +565,11 @@ def cmd_resume(args) -> int:
 
     from .progress import Progress, print_summary
 
+    if _workers_on_ray(args):
+        return 2
     try:
         summary = resume_run(args.run_dir, executor=args.executor, address=args.address,
-                             display=Progress(quiet=args.quiet),
+                             display=Progress(quiet=args.quiet), workers=args.workers,
                              cache=args.cache, checkpoint_every=args.checkpoint_every, budget=args.budget)
     except ResumeError as e:
         print(f"error: {e}", file=sys.stderr)

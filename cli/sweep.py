@@ -24,8 +24,10 @@ from .sweep_grid import (SEED_BITS, RunResult, SweepError, SweepRun, parse_grid,
 
 
 def execute_run(file: str, run: SweepRun, overrides: list[str], executor: str, shards: int | None,
-                address: str | None, should_stop=None) -> RunResult:
-    """Compile with the run's params and seed, run it, read back its records. Never raises."""
+                address: str | None, should_stop=None, workers: int | None = None) -> RunResult:
+    """Compile with the run's params and seed, run it, read back its records. Never raises.
+    `workers`: the local executor's worker processes (0 in a pool of sweep processes: those
+    already fill the cores)."""
     started = time.monotonic()
     try:
         from populace.compiler import compile_file
@@ -55,8 +57,7 @@ def execute_run(file: str, run: SweepRun, overrides: list[str], executor: str, s
             return RunResult(run, "failed", "; ".join(problems), time.monotonic() - started, params=typed)
         os.makedirs(run.run_dir, exist_ok=True)
         summary = run_plan(plan, executor=executor, shards=shards, address=address, run_dir=run.run_dir,
-                           folder=folder,
-                           should_stop=should_stop)
+                           folder=folder, should_stop=should_stop, workers=workers)
         status = summary.get("status", "failed")
         error = _run_error(run.run_dir) if status != "finished" else None
         return RunResult(run, status, error, time.monotonic() - started, read_records(run.run_dir), typed)
@@ -92,7 +93,7 @@ def _stop_mark(run: SweepRun) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(run.run_dir)), STOP_MARK)
 
 
-def _interruptible(file, run, overrides, executor, shards, address) -> RunResult:
+def _interruptible(file, run, overrides, executor, shards, address, workers=None) -> RunResult:
     """execute_run, with a Ctrl-C outside the driver (compiling, between steps) as a stopped run;
     a run that a worker picks up after the sweep was told to stop is skipped, and a run in
     progress stops at its next step."""
@@ -100,7 +101,7 @@ def _interruptible(file, run, overrides, executor, shards, address) -> RunResult
     if os.path.exists(mark):
         return RunResult(run, "skipped", "the sweep stopped before this run")
     try:
-        return execute_run(file, run, overrides, executor, shards, address, lambda: os.path.exists(mark))
+        return execute_run(file, run, overrides, executor, shards, address, lambda: os.path.exists(mark), workers)
     except KeyboardInterrupt:
         return RunResult(run, "stopped", "interrupted")
 
@@ -178,7 +179,7 @@ def _run_in_processes(file, runs, overrides, shards, workers, finished) -> None:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
                              initargs=(list(sys.path),)) as pool:
-        futures = {pool.submit(_interruptible, file, run, overrides, "local", shards, None): run for run in runs}
+        futures = {pool.submit(_interruptible, file, run, overrides, "local", shards, None, 0): run for run in runs}
         collected = set()
 
         def collect(future, run) -> None:

@@ -102,16 +102,19 @@ def test_budget_stops_before_passing_it_and_resume_pays_nothing_twice(tmp_path, 
 
 
 @pytest.mark.slow
-def test_budget_holds_across_ray_shards(tmp_path, fake, ray_session):
+@pytest.mark.parametrize("executor, workers", [("ray", None), ("local", 2)])  # local: a manager process holds the ledger
+def test_budget_holds_across_shards_in_other_processes(tmp_path, fake, ray_session, executor, workers):
     plan = plan_for(tmp_path, fake.openai_url)
     full = run_plan(plan, executor="local", run_dir=str(tmp_path / "full"))
     budget = round(full["cost_usd"] * 0.45, 4)
-    stopped = run_plan(plan, executor="ray", shards=3, run_dir=str(tmp_path / "cut"), budget=budget)
+    stopped = run_plan(plan, executor=executor, shards=3, run_dir=str(tmp_path / "cut"), budget=budget,
+                       workers=workers)
+    assert stopped.get("workers") == workers
     assert stopped["status"] == "stopped" and stopped["stopped_by"] == "budget"
     assert stopped["cost_usd"] <= budget
     # Shards hand back what they do not use: the run stops near the budget, not at a third of it.
     assert stopped["cost_usd"] > budget * 0.8
-    resumed = resume_run(str(tmp_path / "cut"), budget=full["cost_usd"] * 2)
+    resumed = resume_run(str(tmp_path / "cut"), budget=full["cost_usd"] * 2, workers=workers)
     assert resumed["status"] == "finished"
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "full")
     assert resumed["cost_usd"] == pytest.approx(full["cost_usd"])

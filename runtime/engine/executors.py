@@ -1,4 +1,5 @@
-"""Executors: where shards live. `local` keeps them in this process; `ray` puts each in an actor.
+"""Executors: where shards live. `local` keeps them in this process or in one worker process per
+core (workers.py); `ray` puts each in an actor.
 
 In: the typed plan and a shard layout (population -> [(start, stop)]). Out: an object with
 `call(population, method, *args) -> [result per shard]` and `call_all(method, *args)`; both
@@ -77,22 +78,67 @@ def _with_texts(options: dict | None, known: dict, pop: str) -> dict | None:
     return dict(options or {}, persona_texts=known[pop]) if pop in known else options
 
 
+AUTO_AGENTS = 20_000  # from this many agents in all, `workers` left to us means one process per core
+
+
+def local_workers(plan, workers: int | None, shards: int | None) -> int:
+    """Worker processes for the local executor: `workers` as given, else (None) one per core once
+    the run has AUTO_AGENTS agents (below that, start-up costs more than a second core saves), and
+    none inside a daemon process (a sweep's pool, which already runs one run per core).
+    0 means the shards run in this process."""
+    import multiprocessing
+
+    from .workers import cores
+
+    if workers is not None:
+        return max(0, workers)
+    if multiprocessing.current_process().daemon or shards == 1:
+        return 0
+    agents = sum(pop.size for pop in plan.populations.values())
+    return cores() if cores() > 1 and agents >= AUTO_AGENTS else 0
+
+
 class LocalExecutor:
+    """Shards in this process (workers = 0), one after another; or in worker processes
+    (workers.py), the shards of different workers at the same time."""
     name = "local"
 
-    def __init__(self, plan, shards: int | None, options: dict | None = None, ranges=None):
-        self.pools = make_pools(plan)  # one in_flight pool per LLM model, shared by every shard
-        self.ledger = make_ledger((options or {}).get("budget"))  # the run's dollars, drawn on by every shard
+    def __init__(self, plan, shards: int | None, options: dict | None = None, ranges=None,
+                 workers: int | None = None):
+        chosen = local_workers(plan, workers, shards)
+        self.ranges = ranges = ranges or layout(plan, shards, max(1, chosen))
+        # No more workers than the largest population has shards: an empty worker would only start up.
+        chosen = min(chosen, max((len(rs) for rs in ranges.values()), default=1))
+        self.workers = chosen if workers is not None or chosen > 1 else 0
+        self.manager, self.processes = None, None
+        if self.workers:
+            from populace.runtime.models.shared import share
+
+            self.manager, self.pools, self.ledger = share(plan, (options or {}).get("budget"))
+        else:
+            self.pools = make_pools(plan)  # one in_flight pool per LLM model, shared by every shard
+            self.ledger = make_ledger((options or {}).get("budget"))  # the run's dollars, drawn on by every shard
         options = dict(options or {}, permits=self.pools, budget_ledger=self.ledger)
-        self.ranges = ranges = ranges or layout(plan, shards, 1)
-        known, self.write_usage = agreed_persona_texts(plan, ranges, options)
-        self.shards = {pop: [Shard(plan, pop, i, a, b, len(rs), _with_texts(options, known, pop))
-                             for i, (a, b) in enumerate(rs)] for pop, rs in ranges.items()}
+        try:
+            known, self.write_usage = agreed_persona_texts(plan, ranges, options)
+            if self.workers:
+                from .workers import Workers
+
+                self.processes = Workers(plan, ranges, self.workers, lambda pop: _with_texts(options, known, pop))
+                self.shards = {}
+            else:
+                self.shards = {pop: [Shard(plan, pop, i, a, b, len(rs), _with_texts(options, known, pop))
+                                     for i, (a, b) in enumerate(rs)] for pop, rs in ranges.items()}
+        except BaseException:
+            self._stop_manager()
+            raise
 
     def call(self, population: str, method: str, *args, on_done=None, on_wait=None) -> list:
         """Call `method` on every shard of `population`; results in shard order.
         `on_done(shard_index, result)` is told as each shard finishes (for progress);
         `on_wait(unfinished shard indices)` every SAMPLE_EVERY seconds until all have."""
+        if self.processes is not None:
+            return self.processes.call(population, method, args, on_done, on_wait, SAMPLE_EVERY)
         results = []
         ticking = threading.Event()
         if on_wait:
@@ -116,6 +162,8 @@ class LocalExecutor:
 
     def sample(self, population: str, indices: list) -> list:
         """`load()` of the given shards (read from another thread while they work)."""
+        if self.processes is not None:
+            return self.processes.sample(population, indices)
         return [self.shards[population][i].load() for i in indices]
 
     def checkpoint_done(self) -> None:
@@ -131,6 +179,15 @@ class LocalExecutor:
             for shard in shards:
                 shard.close()
         self.shards = {}
+        if self.processes is not None:
+            self.processes.close()
+            self.processes = None
+        self._stop_manager()
+
+    def _stop_manager(self) -> None:
+        if self.manager is not None:
+            self.manager.shutdown()
+            self.manager = None
 
 
 class RayExecutor:
@@ -293,11 +350,12 @@ def budget_spent(ledger) -> float:
 
 
 def make_executor(kind: str, plan, shards: int | None = None, address: str | None = None, options: dict | None = None,
-                  ranges: dict | None = None):
+                  ranges: dict | None = None, workers: int | None = None):
     """`options`: what shards need besides the plan ({"cache", "replay", "environment", "restore"});
-    `ranges`: a fixed layout (a resumed run keeps its checkpoint's)."""
+    `ranges`: a fixed layout (a resumed run keeps its checkpoint's); `workers`: the local executor's
+    worker processes (None: local_workers decides; 0: none)."""
     if kind == "local":
-        return LocalExecutor(plan, shards, options, ranges)
+        return LocalExecutor(plan, shards, options, ranges, workers)
     if kind == "ray":
         return RayExecutor(plan, shards, address or os.environ.get("RAY_ADDRESS"), options, ranges)
     raise ValueError(f"unknown executor {kind!r}")

@@ -96,6 +96,7 @@ class Driver:
         started = {"type": "run_started", "format": RUN_FORMAT, "populace_version": populace_version(),
                    "scenario": plan.scenario.name, "plan_hash": plan.plan_hash,
                    "executor": self.executor.name, "seed": plan.seed,
+                   **({"workers": self.executor.workers} if getattr(self.executor, "workers", 0) else {}),
                    "shards": {p: len(r) for p, r in self.executor.ranges.items()},
                    "agents": {p: pop.size for p, pop in plan.populations.items()},
                    "prices": {name: {"provider": m.provider, "price": m.price} for name, m in plan.models.items()},
@@ -168,6 +169,7 @@ class Driver:
         return {
             "status": status, "scenario": self.plan.scenario.name, "plan_hash": self.plan.plan_hash,
             "seed": self.plan.seed, "params": self.plan.params, "executor": self.executor.name,
+            **({"workers": self.executor.workers} if getattr(self.executor, "workers", 0) else {}),
             "shards": {p: len(r) for p, r in self.executor.ranges.items()},
             "agents": sum(p.size for p in self.plan.populations.values()),
             "seconds": round(seconds, 3), "steps": st.steps_done, "agent_steps": st.agents_done,

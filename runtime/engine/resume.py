@@ -28,15 +28,16 @@ class ResumeError(Exception):
 
 def resume_run(run_dir: str, executor: str | None = None, address: str | None = None, display=None,
                listener=None, cache: str | None = None, checkpoint_every: int | None = None,
-               budget: float | None = None) -> dict:
+               budget: float | None = None, workers: int | None = None) -> dict:
     """Continue the run in `run_dir` from its newest usable checkpoint; ResumeError says why not.
     `executor`: where the shards go; None keeps the one the run started with. `budget`: the dollars
-    the whole run may spend, what was spent before included; None keeps the run's budget, if any."""
+    the whole run may spend, what was spent before included; None keeps the run's budget, if any.
+    `workers`: the local executor's worker processes (as run_plan's)."""
     held: dict = {}  # the lock's fd until the run directory takes it over (and releases it when done)
     try:
         if os.path.isdir(run_dir):
             held["fd"] = lock(run_dir)  # before anything starts: another driver may still be writing here
-        return _resume(run_dir, executor, address, display, listener, cache, checkpoint_every, held, budget)
+        return _resume(run_dir, executor, address, display, listener, cache, checkpoint_every, held, budget, workers)
     except RunDirBusy as e:
         raise ResumeError(str(e)) from None
     finally:
@@ -44,7 +45,8 @@ def resume_run(run_dir: str, executor: str | None = None, address: str | None = 
             os.close(held.pop("fd"))
 
 
-def _resume(run_dir, executor, address, display, listener, cache, checkpoint_every, held, budget=None) -> dict:
+def _resume(run_dir, executor, address, display, listener, cache, checkpoint_every, held, budget=None,
+            workers=None) -> dict:
     from .run import model_environment
 
     try:
@@ -95,7 +97,7 @@ def _resume(run_dir, executor, address, display, listener, cache, checkpoint_eve
                    "restartable": plan.settings.get("checkpoint_every", 1) == 1, "scenario_dir": folder,
                    "budget": {"limit": budget, "spent": spent} if budget is not None else None}
         try:
-            ex = make_executor(executor, plan, address=address, options=options, ranges=ranges)
+            ex = make_executor(executor, plan, address=address, options=options, ranges=ranges, workers=workers)
         except Exception as e:  # a corrupt shard file: try the checkpoint before
             cause = getattr(e, "cause", None) or e
             if isinstance(cause, NewerFormatError) or "NewerFormatError" in str(cause):

@@ -21,7 +21,8 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
              run_dir: str | None = None, display=None, listener=None, cache: str | None = None,
              replay: bool = False, checkpoint_every: int | None = None, should_stop=None,
              folder: str | None = None, max_failed: float | None = None, prompts: dict | None = None,
-             budget: float | None = None, keep_checkpoints: int | None = None) -> dict:
+             budget: float | None = None, keep_checkpoints: int | None = None,
+             workers: int | None = None) -> dict:
     """`cache`: the response cache (default: cache.sqlite in the run directory); `replay`: refuse
     any model call whose reply is not in the cache; `should_stop()`: asked between steps, True
     ends the run as stopped (a sweep's Ctrl-C reaches runs in other threads this way); `folder`: the
@@ -30,7 +31,8 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
     `prompts`: whose exact requests to keep under prompts/ ({"share": 0.01} a sample of agents, or
     {"agents": [17], "step": "step:ask.guess", "iteration": "[round=3]"}); `budget`: dollars the run
     may spend (models/budget.py), else the scenario's `budget`, else no limit; `keep_checkpoints`: how
-    many of the newest checkpoints to keep (default 2; 0 keeps every one, for `populace branch`)."""
+    many of the newest checkpoints to keep (default 2; 0 keeps every one, for `populace branch`);
+    `workers`: the local executor's worker processes (None: one per core from 20,000 agents; 0: none)."""
     budget = plan.settings.get("budget") if budget is None else budget
     directory = RunDir(run_dir or new_run_dir(plan.scenario.name))
     if keep_checkpoints is not None:
@@ -42,7 +44,7 @@ def run_plan(plan, executor: str = "ray", shards: int | None = None, address: st
                "scenario_dir": folder, "prompts": prompts,
                "budget": {"limit": budget, "spent": 0.0} if budget is not None else None}
     try:
-        ex = make_executor(executor, plan, shards, address, options)
+        ex = make_executor(executor, plan, shards, address, options, workers=workers)
     except BaseException:
         directory.close()
         raise

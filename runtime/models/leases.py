@@ -9,8 +9,9 @@ Why: a static split (shard i of n gets in_flight / n) leaves a finished shard's 
 other shards still have agents to ask, so the cluster runs under the limit the user set. With the
 pool, a shard takes what is free whenever it has work and gives each permit back as soon as its
 queue is empty, so busy shards pick up idle ones' share. The local executor holds the pool as a
-plain object (its shards run one after another: each gets the whole limit); the Ray executor as
-one small actor per model (PermitPool below), asked at most every POLL seconds per shard.
+plain object when its shards run in its own process (one after another: each gets the whole limit)
+and in a manager process when they run in worker processes (shared.py); the Ray executor as one
+small actor per model (PermitPool below), asked at most every POLL seconds per shard.
 
 A shard that dies holding permits would leak them: each holder is named (population, shard), and
 a shard that starts (or is restarted) returns what its name held.
@@ -67,23 +68,28 @@ class PermitPool:
         return {"capacity": self.capacity, "free": self.free, "peak": self.peak}
 
 
-def make_pools(plan, ray=None) -> dict:
-    """A pool per LLM model (mock and python models have no limit to share): plain objects, or
-    Ray actors when `ray` is given."""
-    pools = {}
-    for name, model in plan.models.items():
-        if model.provider in ("anthropic", "openai") and model.limits.in_flight:
-            limits = (model.limits.in_flight, model.limits.per_minute, model.limits.tokens_per_minute)
-            if ray is None:
-                pools[name] = PermitPool(*limits)
-            else:
-                # Shards find the actor by its name: a handle among a restartable actor's constructor
-                # arguments would have to live in the object store (Ray warns of lost restarts).
-                import uuid
+def pool_limits(plan) -> dict:
+    """{model: (in_flight, per_minute, tokens_per_minute)} for each LLM model (mock and python
+    models have no limit to share)."""
+    return {name: (model.limits.in_flight, model.limits.per_minute, model.limits.tokens_per_minute)
+            for name, model in plan.models.items()
+            if model.provider in ("anthropic", "openai") and model.limits.in_flight}
 
-                actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(PermitPool)
-                label = f"populace-permits-{uuid.uuid4().hex[:12]}-{name}"
-                pools[name] = RemotePool(label, actor.options(name=label).remote(*limits))
+
+def make_pools(plan, ray=None) -> dict:
+    """A pool per LLM model: plain objects, or Ray actors when `ray` is given."""
+    pools = {}
+    for name, limits in pool_limits(plan).items():
+        if ray is None:
+            pools[name] = PermitPool(*limits)
+        else:
+            # Shards find the actor by its name: a handle among a restartable actor's constructor
+            # arguments would have to live in the object store (Ray warns of lost restarts).
+            import uuid
+
+            actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(PermitPool)
+            label = f"populace-permits-{uuid.uuid4().hex[:12]}-{name}"
+            pools[name] = RemotePool(label, actor.options(name=label).remote(*limits))
     return pools
 
 
