@@ -6,7 +6,11 @@ agent-steps per second, the peak memory of all our processes together (the drive
 daemons and the shard workers: the sum of their proportional set sizes, sampled every 0.25 s
 from /proc, Linux only) and that peak divided by the number of agents.
 
-    python benchmarks/scale.py [--sizes 10000,100000,1000000] [--executor ray] [--model writer|level_k]
+    python benchmarks/scale.py [--sizes 10000,100000,1000000] [--executor ray|local|local:W]
+                               [--model writer|level_k]
+
+`local:W` is the local executor with W worker processes (`--workers W`; `local:0`: all shards in
+the driver's process).
 """
 from __future__ import annotations
 
@@ -32,8 +36,9 @@ def scenario_with_model(model: str | None) -> Path:
 
 def measure(size: int, executor: str, extra: list[str], scenario: Path) -> dict:
     run_dir = tempfile.mkdtemp(prefix=f"populace-scale-{size}-")
-    cmd = [sys.executable, "-m", "populace.cli", "run", str(scenario),
-           "--set", f"players={size}", "--executor", executor, "--quiet", "--run-dir", run_dir, *extra]
+    kind, _, workers = executor.partition(":")  # local:2 = the local executor with 2 worker processes
+    cmd = [sys.executable, "-m", "populace.cli", "run", str(scenario), "--set", f"players={size}",
+           "--executor", kind, "--quiet", "--run-dir", run_dir, *(["--workers", workers] if workers else []), *extra]
     wall, peak = run_with_peak_memory(cmd, f"{size}")
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     return {"players": size, "wall_s": wall, "run_s": summary["seconds"], "agent_steps": summary["agent_steps"],

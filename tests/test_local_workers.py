@@ -151,3 +151,42 @@ def test_when_worker_processes_are_used(tmp_path, monkeypatch, agents, shards, g
     path.write_text(OPENAI_SCENARIO.format(urls='"http://127.0.0.1:9/v1"', in_flight=4))
     plan = plan_from_dict(compile_file(str(path), [f"n={agents}"]).plan)
     assert executors.local_workers(plan, given, shards) == expected
+
+
+def test_calls_in_flight_are_sampled_from_the_workers_while_they_ask(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_KEY", "k")
+    with FakeLLM(latency=0.5, reply=by_agent) as fake:
+        path = tmp_path / "slow.pop"
+        path.write_text(OPENAI_SCENARIO.format(urls=f'"{fake.openai_url}"', in_flight=4))
+        summary, _, run_dir = run(path, tmp_path, "slow", "local", 2, ["n=24"], workers=2)
+    assert summary["status"] == "finished"
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    samples = [e["models"] for e in events if e["type"] == "calls_in_flight"]
+    # 24 calls, 4 at a time, half a second each: 3 s of asking, sampled every second.
+    assert samples and any(0 < m.get("local", 0) <= 4 for m in samples), samples
+
+
+def _open_cache(path: str, results) -> None:
+    from populace.runtime.models.cache import ResponseCache
+
+    try:
+        ResponseCache(path).close()
+        results.put(None)
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        results.put(repr(e))
+
+
+def test_shards_in_two_processes_open_a_new_cache_together(tmp_path):
+    # SQLite answers the second process's switch to WAL "database is locked" at once, without its
+    # busy timeout: before the retry, 36 of 150 such pairs failed to start (a worker, or a Ray shard).
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # the child only opens SQLite: fork is safe and fast
+    failures = []
+    for trial in range(40):
+        path, results = str(tmp_path / f"cache{trial}.sqlite"), context.Queue()
+        procs = [context.Process(target=_open_cache, args=(path, results)) for _ in range(2)]
+        [p.start() for p in procs]
+        failures += [r for r in (results.get(timeout=60) for _ in procs) if r]
+        [p.join() for p in procs]
+    assert not failures, failures[:3]

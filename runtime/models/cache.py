@@ -33,13 +33,7 @@ class ResponseCache:
         self.path = path
         try:
             self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
-                            "usage TEXT NOT NULL, model TEXT NOT NULL, created REAL NOT NULL)")
-            # batches submitted to a provider's batch API (batches.py): found again after a crash
-            self.db.execute("CREATE TABLE IF NOT EXISTS batches (key TEXT PRIMARY KEY, provider TEXT NOT NULL, "
-                            "batch_id TEXT NOT NULL, created REAL NOT NULL)")
+            _set_up(self.db)
         except sqlite3.Error as e:  # a full disk or a directory that cannot be written
             raise _os_error(e, path) from None
         self.queue: queue.Queue = queue.Queue()
@@ -108,6 +102,30 @@ class ResponseCache:
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+SETUP_WAIT = 60.0  # seconds a new connection retries a file another process is setting up
+
+
+def _set_up(db: sqlite3.Connection) -> None:
+    """WAL mode and the tables. Shards in several processes open a new file at the same moment, and
+    SQLite answers a second `journal_mode=WAL` or schema change "database is locked" at once,
+    without its busy timeout (seen: 36 of 150 pairs of processes): so retry until it settles."""
+    deadline = time.monotonic() + SETUP_WAIT
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
+                       "usage TEXT NOT NULL, model TEXT NOT NULL, created REAL NOT NULL)")
+            # batches submitted to a provider's batch API (batches.py): found again after a crash
+            db.execute("CREATE TABLE IF NOT EXISTS batches (key TEXT PRIMARY KEY, provider TEXT NOT NULL, "
+                       "batch_id TEXT NOT NULL, created REAL NOT NULL)")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _os_error(error: sqlite3.Error, path: str) -> OSError:
