@@ -187,7 +187,8 @@ def _add_workers(p: argparse.ArgumentParser) -> None:
 
 
 def _workers_on_ray(args) -> bool:
-    """--workers with --executor ray would be silently ignored: say so instead (True: refused)."""
+    """--workers with --executor ray would be silently ignored: say so instead (True: refused).
+    (`resume` leaves this to resume_run, which knows where a run without --executor resumes.)"""
     if args.workers is not None and args.executor == "ray":
         print("error: --workers is for --executor local; on Ray every shard is an actor of its own, so "
               "use --shards N to set how many run at once", file=sys.stderr)
@@ -565,8 +566,6 @@ def cmd_resume(args) -> int:
 
     from .progress import Progress, print_summary
 
-    if _workers_on_ray(args):
-        return 2
     try:
         summary = resume_run(args.run_dir, executor=args.executor, address=args.address,
                              display=Progress(quiet=args.quiet), workers=args.workers,

@@ -5,6 +5,7 @@ Real worker processes, the real openai SDK, the fake server on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from fake_llm import FakeLLM
 from populace.compiler import compile_file
 from populace.compiler.plan import plan_from_dict
 from populace.runtime.engine import executors, workers
-from populace.runtime.engine.resume import resume_run
+from populace.runtime.engine.resume import ResumeError, resume_run
 from test_runtime_llm import OPENAI_SCENARIO, answers, run
 
 UNEVEN = OPENAI_SCENARIO.replace('ask voters "', 'ask voters where self.id < 150 "')
@@ -36,6 +37,12 @@ def by_agent(prompt: str, request: dict) -> str:
     return str(sum(map(ord, prompt)) % 101)
 
 
+def scenario_file(tmp_path: Path, text: str, url: str, in_flight: int) -> Path:
+    path = tmp_path / "scenario.pop"
+    path.write_text(text.format(urls=f'"{url}"', in_flight=in_flight))
+    return path
+
+
 def shard_pids(run_dir: Path) -> set:
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
     return {s["pid"] for e in events if e["type"] == "shards" for s in e["shards"]}
@@ -44,8 +51,7 @@ def shard_pids(run_dir: Path) -> set:
 def test_worker_processes_give_the_in_process_results_and_share_one_limit(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "k")
     with FakeLLM(latency=0.1, reply=by_agent) as fake:
-        path = tmp_path / "uneven.pop"
-        path.write_text(UNEVEN.format(urls=f'"{fake.openai_url}"', in_flight=24))
+        path = scenario_file(tmp_path, UNEVEN, fake.openai_url, 24)
         alone, metrics_alone, dir_alone = run(path, tmp_path, "alone", "local", 3, ["n=300"], workers=0)
         before = fake.stats().requests
         fake._counters.peak_in_flight = 0
@@ -64,29 +70,27 @@ def test_worker_processes_give_the_in_process_results_and_share_one_limit(tmp_pa
 
 def test_a_missing_key_fails_the_start_as_it_does_in_one_process(tmp_path, monkeypatch):
     monkeypatch.delenv("FAKE_KEY", raising=False)
-    path = tmp_path / "vote.pop"
-    path.write_text(OPENAI_SCENARIO.format(urls='"http://127.0.0.1:9/v1"', in_flight=4))
+    path = scenario_file(tmp_path, OPENAI_SCENARIO, "http://127.0.0.1:9/v1", 4)
     errors = []
     for count in (0, 2):
         with pytest.raises(Exception) as info:
             run(path, tmp_path, f"nokey{count}", "local", 2, ["n=20"], workers=count)
         errors.append((type(info.value), str(info.value)))
     assert errors[0] == errors[1] and "FAKE_KEY" in errors[0][1]
-    assert not [p for p in __import__("multiprocessing").active_children() if p.name.startswith("populace-worker")]
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("populace-worker")]
 
 
 def test_a_killed_worker_fails_the_run_and_resume_finishes_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "k")
     with FakeLLM(latency=0.05, reply=by_agent) as fake:
-        path = tmp_path / "rounds.pop"
-        path.write_text(ROUNDS.format(urls=f'"{fake.openai_url}"', in_flight=8))
+        path = scenario_file(tmp_path, ROUNDS, fake.openai_url, 8)
         _, reference, _ = run(path, tmp_path, "reference", "local", 2, ["n=80"], workers=0)
         start = fake.stats().requests
 
         def kill_a_worker():  # in round 2, with worker 1's shard busy asking
             while fake.stats().requests < start + 100:
                 time.sleep(0.01)
-            victim = next(p for p in __import__("multiprocessing").active_children() if p.name == "populace-worker-1")
+            victim = next(p for p in multiprocessing.active_children() if p.name == "populace-worker-1")
             os.kill(victim.pid, signal.SIGKILL)
 
         killer = threading.Thread(target=kill_a_worker, daemon=True)
@@ -96,6 +100,8 @@ def test_a_killed_worker_fails_the_run_and_resume_finishes_it(tmp_path, monkeypa
         assert summary["status"] == "failed"
         assert "worker process 1 of the local executor (shards: voters 1) was killed by signal 9" in summary["error"]
         assert "populace resume" in summary["error"]
+        with pytest.raises(ResumeError, match="--workers does not apply"):  # not ignored without a word
+            resume_run(str(run_dir), executor="ray", workers=2)
         resumed = resume_run(str(run_dir), workers=2)
     assert resumed["status"] == "finished" and resumed["workers"] == 2
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -104,8 +110,7 @@ def test_a_killed_worker_fails_the_run_and_resume_finishes_it(tmp_path, monkeypa
 
 def test_ctrl_c_stops_the_run_and_leaves_no_worker_behind(tmp_path):
     with FakeLLM(latency=0.2, reply=by_agent) as fake:
-        path = tmp_path / "rounds.pop"
-        path.write_text(ROUNDS.format(urls=f'"{fake.openai_url}"', in_flight=4))
+        path = scenario_file(tmp_path, ROUNDS, fake.openai_url, 4)
         run_dir = tmp_path / "run"
         env = dict(os.environ, FAKE_KEY="k", RAY_AUTH_MODE="disabled")
         # A process group of its own, as a terminal's: Ctrl-C reaches the driver and its workers.
@@ -129,8 +134,7 @@ def test_ctrl_c_stops_the_run_and_leaves_no_worker_behind(tmp_path):
 def test_workers_are_refused_on_ray(tmp_path, capsys):
     from populace.cli.main import main
 
-    path = tmp_path / "vote.pop"
-    path.write_text(OPENAI_SCENARIO.format(urls='"http://127.0.0.1:9/v1"', in_flight=4))
+    path = scenario_file(tmp_path, OPENAI_SCENARIO, "http://127.0.0.1:9/v1", 4)
     assert main(["run", str(path), "--workers", "2"]) == 2
     assert "--workers is for --executor local" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -147,8 +151,7 @@ def test_workers_are_refused_on_ray(tmp_path, capsys):
 ])
 def test_when_worker_processes_are_used(tmp_path, monkeypatch, agents, shards, given, cores, expected):
     monkeypatch.setattr(workers, "cores", lambda: cores)
-    path = tmp_path / "vote.pop"
-    path.write_text(OPENAI_SCENARIO.format(urls='"http://127.0.0.1:9/v1"', in_flight=4))
+    path = scenario_file(tmp_path, OPENAI_SCENARIO, "http://127.0.0.1:9/v1", 4)
     plan = plan_from_dict(compile_file(str(path), [f"n={agents}"]).plan)
     assert executors.local_workers(plan, given, shards) == expected
 
@@ -156,8 +159,7 @@ def test_when_worker_processes_are_used(tmp_path, monkeypatch, agents, shards, g
 def test_calls_in_flight_are_sampled_from_the_workers_while_they_ask(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "k")
     with FakeLLM(latency=0.5, reply=by_agent) as fake:
-        path = tmp_path / "slow.pop"
-        path.write_text(OPENAI_SCENARIO.format(urls=f'"{fake.openai_url}"', in_flight=4))
+        path = scenario_file(tmp_path, OPENAI_SCENARIO, fake.openai_url, 4)
         summary, _, run_dir = run(path, tmp_path, "slow", "local", 2, ["n=24"], workers=2)
     assert summary["status"] == "finished"
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
@@ -179,8 +181,6 @@ def _open_cache(path: str, results) -> None:
 def test_shards_in_two_processes_open_a_new_cache_together(tmp_path):
     # SQLite answers the second process's switch to WAL "database is locked" at once, without its
     # busy timeout: before the retry, 36 of 150 such pairs failed to start (a worker, or a Ray shard).
-    import multiprocessing
-
     context = multiprocessing.get_context("fork")  # the child only opens SQLite: fork is safe and fast
     failures = []
     for trial in range(40):

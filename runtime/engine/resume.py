@@ -75,6 +75,9 @@ def _resume(run_dir, executor, address, display, listener, cache, checkpoint_eve
                           f"--budget {_more(spent)}usd (what was spent counts)")
     budget = paid.budget_usd if budget is None else budget  # the run's own budget holds until one is given
     executor = executor or started_on or "ray"  # a local run resumes locally: it may have no cluster at all
+    if workers is not None and executor != "local":
+        raise ResumeError(f"{run_dir} resumes on {executor}, where --workers does not apply (every shard is an actor "
+                          "of its own); leave it out, or add --executor local")
     problems = unsupported(plan, folder=folder, budget=budget)
     if problems:
         raise ResumeError("; ".join(problems))
